@@ -1,0 +1,166 @@
+"""The database schema: SQLAlchemy Core tables on one MetaData.
+
+Core tables (not ORM classes) keep the hot paths — list 10,000 ports, create a port under lock — as a
+handful of set-based statements. Alembic migrations under ``db/migrations`` create exactly these.
+Sub-collections that are only ever read with their parent (dns_nameservers, host_routes,
+allocation_pools, allowed_address_pairs, extra_dhcp_opts, binding details) are JSON columns; what must be
+unique or filtered across rows (fixed IPs, tags) has its own table.
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Boolean,
+    Column,
+    DateTime,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    Text,
+    UniqueConstraint,
+)
+
+metadata = MetaData(
+    naming_convention={
+        "ix": "ix_%(column_0_label)s",
+        "uq": "uq_%(table_name)s_%(column_0_name)s",
+        "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+        "pk": "pk_%(table_name)s",
+    }
+)
+
+ID = String(36)
+
+
+def _standard() -> list[Column[object]]:
+    """Standard attributes shared by every top-level resource."""
+    return [
+        Column("id", ID, primary_key=True),
+        Column("project_id", String(255), nullable=False, index=True),
+        Column("name", String(255), nullable=False, default=""),
+        Column("description", String(255), nullable=False, default=""),
+        Column("revision_number", BigInteger, nullable=False, default=0),
+        Column("created_at", DateTime, nullable=False),
+        Column("updated_at", DateTime, nullable=False),
+    ]
+
+
+networks = Table(
+    "networks",
+    metadata,
+    *_standard(),
+    Column("admin_state_up", Boolean, nullable=False, default=True),
+    Column("status", String(16), nullable=False, default="ACTIVE"),
+    Column("shared", Boolean, nullable=False, default=False),
+    Column("router_external", Boolean, nullable=False, default=False),
+    Column("mtu", Integer, nullable=False),
+    Column("network_type", String(32), nullable=False),
+    Column("physical_network", String(64), nullable=True),
+    Column("segmentation_id", Integer, nullable=True),
+    Column("port_security_enabled", Boolean, nullable=False, default=True),
+    Column("dns_domain", String(255), nullable=False, default=""),
+    Column("availability_zone_hints", JSON, nullable=False, default=list),
+    UniqueConstraint("network_type", "physical_network", "segmentation_id", name="uq_networks_segment"),
+)
+
+subnets = Table(
+    "subnets",
+    metadata,
+    *_standard(),
+    Column("network_id", ID, ForeignKey("networks.id", ondelete="CASCADE"), nullable=False, index=True),
+    Column("ip_version", Integer, nullable=False),
+    Column("cidr", String(64), nullable=False),
+    Column("gateway_ip", String(64), nullable=True),
+    Column("enable_dhcp", Boolean, nullable=False, default=True),
+    Column("ipv6_ra_mode", String(32), nullable=True),
+    Column("ipv6_address_mode", String(32), nullable=True),
+    Column("allocation_pools", JSON, nullable=False),
+    Column("dns_nameservers", JSON, nullable=False),
+    Column("host_routes", JSON, nullable=False),
+    Column("service_types", JSON, nullable=False, default=list),
+    Column("subnetpool_id", ID, nullable=True),
+    Column("segment_id", ID, nullable=True),
+    Column("dns_publish_fixed_ip", Boolean, nullable=False, default=False),
+)
+
+ports = Table(
+    "ports",
+    metadata,
+    *_standard(),
+    Column("network_id", ID, ForeignKey("networks.id", ondelete="CASCADE"), nullable=False, index=True),
+    Column("mac_address", String(32), nullable=False),
+    Column("admin_state_up", Boolean, nullable=False, default=True),
+    Column("status", String(16), nullable=False, default="DOWN"),
+    Column("device_id", String(255), nullable=False, default="", index=True),
+    Column("device_owner", String(255), nullable=False, default=""),
+    Column("port_security_enabled", Boolean, nullable=False, default=True),
+    Column("security_groups", JSON, nullable=False, default=list),
+    Column("allowed_address_pairs", JSON, nullable=False, default=list),
+    Column("extra_dhcp_opts", JSON, nullable=False, default=list),
+    Column("binding_host_id", String(255), nullable=False, default="", index=True),
+    Column("binding_vnic_type", String(32), nullable=False, default="normal"),
+    Column("binding_vif_type", String(64), nullable=False, default="unbound"),
+    Column("binding_vif_details", JSON, nullable=False, default=dict),
+    Column("binding_profile", JSON, nullable=False, default=dict),
+    Column("dns_name", String(255), nullable=False, default=""),
+    UniqueConstraint("network_id", "mac_address", name="uq_ports_network_mac"),
+)
+
+# One row per fixed IP of a port; the unique key is what makes double allocation impossible even if the
+# allocator's lock were bypassed.
+ipallocations = Table(
+    "ipallocations",
+    metadata,
+    Column("port_id", ID, ForeignKey("ports.id", ondelete="CASCADE"), nullable=False, index=True),
+    Column("subnet_id", ID, ForeignKey("subnets.id", ondelete="CASCADE"), nullable=False),
+    Column("network_id", ID, nullable=False),
+    Column("ip_address", String(64), nullable=False),
+    Column("position", Integer, nullable=False, default=0),
+    UniqueConstraint("subnet_id", "ip_address", name="uq_ipallocations_subnet_ip"),
+    Index("ix_ipallocations_network", "network_id"),
+)
+
+tags = Table(
+    "tags",
+    metadata,
+    Column("resource_id", ID, nullable=False),
+    Column("resource_type", String(32), nullable=False),
+    Column("tag", String(255), nullable=False),
+    UniqueConstraint("resource_id", "tag", name="uq_tags_resource_tag"),
+    Index("ix_tags_tag", "tag"),
+    Index("ix_tags_resource", "resource_id"),
+)
+
+quotas = Table(
+    "quotas",
+    metadata,
+    Column("project_id", String(255), primary_key=True),
+    Column("resource", String(64), primary_key=True),
+    Column("hard_limit", Integer, nullable=False),
+)
+
+# The ordered change feed: one row per committed change of any resource. Agents watch it by `seq`.
+changes = Table(
+    "changes",
+    metadata,
+    Column("seq", Integer, primary_key=True, autoincrement=True),
+    Column("resource", String(32), nullable=False),
+    Column("resource_id", ID, nullable=False),
+    Column("op", String(8), nullable=False),  # create | update | delete
+    Column("network_id", ID, nullable=True),
+    Column("host", String(255), nullable=True),
+    Column("at", DateTime, nullable=False),
+)
+
+# Server-side state that must survive restarts (e.g. the builtin identity's signing secret).
+settings = Table(
+    "settings",
+    metadata,
+    Column("key", String(64), primary_key=True),
+    Column("value", Text, nullable=False),
+)

@@ -1,0 +1,1 @@
+"""(contract documented as the package grows)"""
