@@ -1,1 +1,7 @@
-"""(contract documented as the package grows)"""
+"""Address and MAC management, pure parts.
+
+``pools`` computes and validates allocation pools; ``allocator`` walks candidate addresses for a subnet in
+the order the server tries them; ``macs`` generates MACs under a base prefix and EUI-64 interface ids.
+Nothing here touches the database: the services layer checks candidates against the ``ipallocations``
+unique key inside its write transaction, so the allocation is correct under any concurrency.
+"""

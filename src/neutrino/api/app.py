@@ -1,0 +1,275 @@
+"""The ASGI application: Neutron v2.0 wire conventions over the services.
+
+Each request: authenticate (identity layer) -> parse and validate (attributes/listing) -> one service
+call inside one DB transaction (in a worker thread) -> JSON out. Every error leaves as a NeutronError body
+with the right status; nothing unexpected leaks as an HTML 500.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+import uuid
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import orjson
+from sqlalchemy import Connection
+from sqlalchemy.exc import IntegrityError, OperationalError
+from starlette.applications import Starlette
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import BaseRoute, Route
+
+from neutrino.api import discovery, listing
+from neutrino.api.attributes import ResourceSpec, parse_bodies, parse_update
+from neutrino.api.resources import NETWORK, PORT, SUBNET
+from neutrino.config import Config
+from neutrino.context import RequestContext
+from neutrino.db.engine import Database
+from neutrino.errors import ApiError, BadRequest, Conflict, MethodNotAllowed, NotFound
+
+if TYPE_CHECKING:
+    from neutrino.identity import Identity
+from neutrino.services import networks, ports, subnets
+from neutrino.services.core import Core
+
+log = logging.getLogger("neutrino.api")
+
+Handler = Callable[[Request], Awaitable[Response]]
+
+
+@dataclass(frozen=True, slots=True)
+class Binding:
+    """A collection: its wire spec and the service functions behind it."""
+    spec: ResourceSpec
+    create: Callable[[Core, Connection, RequestContext, dict[str, Any]], str]
+    update: Callable[[Core, Connection, RequestContext, str, dict[str, Any], str | None], None]
+    delete: Callable[[Core, Connection, RequestContext, str, str | None], None]
+    fetch: Callable[[Connection, RequestContext, str], Any]
+    scope: Callable[[RequestContext], Any]
+    view: Callable[[Connection, Sequence[Any], RequestContext], list[dict[str, Any]]]
+
+
+BINDINGS = {
+    b.spec.collection: b for b in (
+        Binding(NETWORK, networks.create, networks.update, networks.delete_, networks.fetch, networks.scope,
+                networks.view),
+        Binding(SUBNET, subnets.create, subnets.update, subnets.delete_, subnets.fetch, subnets.scope,
+                subnets.view),
+        Binding(PORT, ports.create, ports.update, ports.delete_, ports.fetch, ports.scope, ports.view),
+    )
+}
+
+
+def json_response(body: Any, status: int = 200) -> Response:
+    try:
+        raw = orjson.dumps(body)
+    except TypeError:  # integers beyond 64 bits (IPv6 address counts): the stdlib handles them
+        raw = json.dumps(body, separators=(",", ":")).encode()
+    return Response(raw, status_code=status, media_type="application/json")
+
+
+def error_response(exc: ApiError) -> Response:
+    return json_response(exc.body(), exc.status)
+
+
+class Api:
+    """Holds what handlers share: config, database, identity, the service core."""
+
+    def __init__(self, cfg: Config, db: Database, identity: Identity) -> None:
+        self.cfg = cfg
+        self.db = db
+        self.identity = identity
+        self.core = Core(cfg)
+        self.base_url = cfg.public_url
+
+    # -- plumbing -------------------------------------------------------------------------------------
+    async def context(self, request: Request) -> RequestContext:
+        ctx = await self.identity.authenticate(request.headers)
+        return ctx
+
+    async def body(self, request: Request) -> Any:
+        raw = await request.body()
+        if not raw:
+            raise BadRequest("Resource body required", type="HTTPBadRequest")
+        try:
+            return orjson.loads(raw)
+        except orjson.JSONDecodeError:
+            raise BadRequest("Malformed request body", type="HTTPBadRequest") from None
+
+    def read(self, fn: Callable[[Connection], Any]) -> Awaitable[Any]:
+        def run() -> Any:
+            with self.db.read() as conn:
+                return fn(conn)
+        return run_in_threadpool(run)
+
+    def write(self, fn: Callable[[Connection], Any]) -> Awaitable[Any]:
+        return run_in_threadpool(self.db.write, fn)
+
+    # -- collections ----------------------------------------------------------------------------------
+    async def list(self, request: Request, b: Binding) -> Response:
+        ctx = await self.context(request)
+        params = list(request.query_params.multi_items())
+        q = listing.parse_list_query(b.spec, params, is_admin=ctx.is_admin,
+                                     default_limit=self.cfg.api.default_page_limit)
+
+        def run(conn: Connection) -> tuple[list[dict[str, Any]], bool]:
+            stmt, reverse = listing.select_page(conn, b.spec, q, b.scope(ctx))
+            rows = conn.execute(stmt).all()
+            more = q.limit is not None and len(rows) > q.limit
+            rows = rows[: q.limit] if q.limit is not None else rows
+            if reverse:
+                rows.reverse()
+            return b.view(conn, rows, ctx), more
+
+        items, more = await self.read(run)
+        body: dict[str, Any] = {b.spec.collection: [listing.select_fields(i, q.fields) for i in items]}
+        links = listing.page_links(self.base_url, b.spec.collection, params, q, items, more)
+        if links:
+            body[f"{b.spec.collection}_links"] = links
+        return json_response(body)
+
+    async def show(self, request: Request, b: Binding, rid: str) -> Response:
+        ctx = await self.context(request)
+        fields = tuple(f for value in request.query_params.getlist("fields") for f in value.split(",") if f)
+        item = await self.read(lambda conn: b.view(conn, [b.fetch(conn, ctx, rid)], ctx)[0])
+        return json_response({b.spec.name: listing.select_fields(item, fields)})
+
+    async def create(self, request: Request, b: Binding) -> Response:
+        ctx = await self.context(request)
+        items, bulk = parse_bodies(b.spec, await self.body(request), ctx)
+
+        def run(conn: Connection) -> list[dict[str, Any]]:
+            ids = [b.create(self.core, conn, ctx, dict(item)) for item in items]
+            rows = [b.fetch(conn, ctx, rid) for rid in ids]
+            return b.view(conn, rows, ctx)
+
+        created = await self.write(run)
+        if bulk:
+            return json_response({b.spec.collection: created}, 201)
+        return json_response({b.spec.name: created[0]}, 201)
+
+    async def update(self, request: Request, b: Binding, rid: str) -> Response:
+        ctx = await self.context(request)
+        data = parse_update(b.spec, await self.body(request), ctx)
+        if_match = request.headers.get("if-match")
+
+        def run(conn: Connection) -> dict[str, Any]:
+            b.update(self.core, conn, ctx, rid, data, if_match)
+            return b.view(conn, [b.fetch(conn, ctx, rid)], ctx)[0]
+
+        return json_response({b.spec.name: await self.write(run)})
+
+    async def delete(self, request: Request, b: Binding, rid: str) -> Response:
+        ctx = await self.context(request)
+        if_match = request.headers.get("if-match")
+        await self.write(lambda conn: b.delete(self.core, conn, ctx, rid, if_match))
+        return Response(status_code=204)
+
+
+def _binding(collection: str) -> Binding:
+    b = BINDINGS.get(collection.removesuffix(".json"))
+    if b is None:
+        raise NotFound("The resource could not be found.", type="HTTPNotFound")
+    return b
+
+
+def guarded(handler: Handler) -> Handler:
+    """Turn every failure into a NeutronError response; log the unexpected ones with a request id."""
+    async def run(request: Request) -> Response:
+        started = time.perf_counter()
+        try:
+            response = await handler(request)
+        except ApiError as exc:
+            response = error_response(exc)
+        except IntegrityError as exc:
+            log.warning("conflict on %s %s: %s", request.method, request.url.path, exc.orig)
+            response = error_response(Conflict("The request conflicts with the current state; retry."))
+        except OperationalError as exc:
+            log.error("database unavailable on %s %s: %s", request.method, request.url.path, exc.orig)
+            response = error_response(ApiError("The database is unavailable; retry later.",
+                                               type="ServiceUnavailable"))
+            response.status_code = 503
+        except Exception:
+            rid = "req-" + str(uuid.uuid4())
+            log.exception("unexpected error %s on %s %s", rid, request.method, request.url.path)
+            response = error_response(ApiError(f"Request Failed: internal server error while processing your "
+                                               f"request ({rid}).", type="HTTPInternalServerError"))
+        if log.isEnabledFor(logging.DEBUG):
+            log.debug("%s %s -> %d in %.1f ms", request.method, request.url.path, response.status_code,
+                      (time.perf_counter() - started) * 1000)
+        return response
+    return run
+
+
+def routes(api: Api) -> list[BaseRoute]:
+    async def root(request: Request) -> Response:
+        return json_response(discovery.versions(api.base_url))
+
+    async def v2(request: Request) -> Response:
+        await api.context(request)
+        return json_response(discovery.resources(api.base_url))
+
+    async def extensions(request: Request) -> Response:
+        await api.context(request)
+        return json_response({"extensions": [e.as_dict() for e in discovery.EXTENSIONS]})
+
+    async def extension(request: Request) -> Response:
+        await api.context(request)
+        ext = discovery.BY_ALIAS.get(request.path_params["alias"])
+        if ext is None:
+            raise NotFound(f"Extension with alias {request.path_params['alias']} does not exist",
+                           type="HTTPNotFound")
+        return json_response({"extension": ext.as_dict()})
+
+    async def collection(request: Request) -> Response:
+        b = _binding(request.path_params["collection"])
+        if request.method == "GET":
+            return await api.list(request, b)
+        return await api.create(request, b)
+
+    async def member(request: Request) -> Response:
+        b = _binding(request.path_params["collection"])
+        rid = request.path_params["id"].removesuffix(".json")
+        if request.method == "GET":
+            return await api.show(request, b, rid)
+        if request.method == "PUT":
+            return await api.update(request, b, rid)
+        return await api.delete(request, b, rid)
+
+    from neutrino.api import extras  # the smaller sub-resources: tags, quotas, ip availability
+
+    table: list[BaseRoute] = [
+        Route("/", guarded(root), methods=["GET"]),
+        Route("/v2.0", guarded(v2), methods=["GET"]),
+        Route("/v2.0/", guarded(v2), methods=["GET"]),
+        Route("/v2.0/extensions", guarded(extensions), methods=["GET"]),
+        Route("/v2.0/extensions.json", guarded(extensions), methods=["GET"]),
+        Route("/v2.0/extensions/{alias}", guarded(extension), methods=["GET"]),
+        *extras.routes(api, guarded),
+        Route("/v2.0/{collection}", guarded(collection), methods=["GET", "POST"]),
+        Route("/v2.0/{collection}/{id}", guarded(member), methods=["GET", "PUT", "DELETE"]),
+    ]
+    return table
+
+
+async def not_found_handler(request: Request, exc: Exception) -> Response:
+    status = getattr(exc, "status_code", 404)
+    if status == 405:
+        return error_response(MethodNotAllowed("The method is not allowed for this resource."))
+    return error_response(NotFound("The resource could not be found.", type="HTTPNotFound"))
+
+
+def create_app(cfg: Config, db: Database, identity: Identity) -> Starlette:
+    api = Api(cfg, db, identity)
+    table = routes(api)
+    if identity.routes is not None:
+        table.insert(0, identity.routes)
+    app = Starlette(routes=table, exception_handlers={404: not_found_handler, 405: not_found_handler})
+    app.state.api = api
+    return app
+

@@ -1,0 +1,190 @@
+"""Neutron's list conventions: filters, fields, sorting, pagination, tag filters.
+
+``parse_list_query`` reads the query string into a ``ListQuery``; ``select_page`` turns it into one SQL
+statement over the resource's table (filters and tag filters as WHERE, keyset pagination from the marker
+row, ``limit + 1`` rows to know whether a next page exists); ``page_links`` builds ``<collection>_links``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import urlencode
+
+from sqlalchemy import Connection, Select, and_, func, not_, or_, select, true
+
+from neutrino.api import validate as v
+from neutrino.api.attributes import ResourceSpec
+from neutrino.db.schema import tags as tags_table
+from neutrino.errors import not_found
+
+RESERVED = {"fields", "sort_key", "sort_dir", "limit", "marker", "page_reverse",
+            "tags", "tags-any", "not-tags", "not-tags-any"}
+
+
+@dataclass(frozen=True, slots=True)
+class ListQuery:
+    filters: Mapping[str, list[str]]
+    fields: tuple[str, ...]
+    sorts: tuple[tuple[str, bool], ...]  # (attr, ascending)
+    limit: int | None
+    marker: str | None
+    page_reverse: bool
+    tags_all: tuple[str, ...] = ()
+    tags_any: tuple[str, ...] = ()
+    not_tags_all: tuple[str, ...] = ()
+    not_tags_any: tuple[str, ...] = ()
+
+
+def _tags(values: list[str]) -> tuple[str, ...]:
+    return tuple(t for value in values for t in value.split(",") if t)
+
+
+def parse_list_query(resource: ResourceSpec, params: Sequence[tuple[str, str]], *,
+                     is_admin: bool, default_limit: int = 0) -> ListQuery:
+    multi: dict[str, list[str]] = {}
+    for key, value in params:
+        multi.setdefault(key, []).append(value)
+    filters: dict[str, list[str]] = {}
+    for key, values in multi.items():
+        if key in RESERVED:
+            continue
+        attr = resource.attrs.get(key)
+        usable = attr is not None and (attr.column is not None or key in resource.special_filters)
+        if not usable or (attr is not None and attr.admin_read and not is_admin):
+            raise v.AttributeError_(f"[{key}] is invalid attribute for filtering")
+        filters[key] = values
+    sort_keys = multi.get("sort_key", [])
+    sort_dirs = multi.get("sort_dir", [])
+    if sort_dirs and len(sort_dirs) != len(sort_keys):
+        raise v.AttributeError_("The number of sort_keys and sort_dirs must be same")
+    sorts = []
+    for i, key in enumerate(sort_keys):
+        attr = resource.attrs.get(key)
+        if attr is None or attr.column is None or not attr.sortable:
+            raise v.AttributeError_(f"{key} is an invalid attribute for sort_keys")
+        direction = sort_dirs[i] if sort_dirs else "asc"
+        if direction not in ("asc", "desc"):
+            raise v.AttributeError_(f"{direction} is an invalid value for sort_dir, valid values are 'asc' and 'desc'")
+        sorts.append((key, direction == "asc"))
+    limit: int | None = None
+    if "limit" in multi:
+        try:
+            limit = int(multi["limit"][-1])
+        except ValueError:
+            raise v.AttributeError_(f"Limit must be an integer 0 or greater and not '{multi['limit'][-1]}'") from None
+        if limit < 0:
+            raise v.AttributeError_(f"Limit must be an integer 0 or greater and not '{limit}'")
+        limit = limit or None
+    elif default_limit:
+        limit = default_limit
+    return ListQuery(
+        filters=filters,
+        fields=tuple(f for value in multi.get("fields", []) for f in value.split(",") if f),
+        sorts=tuple(sorts),
+        limit=limit,
+        marker=multi["marker"][-1] if "marker" in multi else None,
+        page_reverse=v.boolean(multi.get("page_reverse", ["false"])[-1]) if "page_reverse" in multi else False,
+        tags_all=_tags(multi.get("tags", [])),
+        tags_any=_tags(multi.get("tags-any", [])),
+        not_tags_all=_tags(multi.get("not-tags", [])),
+        not_tags_any=_tags(multi.get("not-tags-any", [])),
+    )
+
+
+def _convert(resource: ResourceSpec, key: str, value: str) -> Any:
+    attr = resource.attrs[key]
+    if attr.filter is None:
+        return value
+    try:
+        return attr.filter(value)
+    except ValueError as exc:
+        raise v.invalid(key, str(exc)) from None
+
+
+def where_clauses(resource: ResourceSpec, q: ListQuery) -> list[Any]:
+    t = resource.table
+    out: list[Any] = []
+    for key, values in q.filters.items():
+        special = resource.special_filters.get(key)
+        if special is not None:
+            out.append(special(values))
+            continue
+        column = resource.column(key)
+        assert column is not None
+        converted = [_convert(resource, key, value) for value in values]
+        out.append(column == converted[0] if len(converted) == 1 else column.in_(converted))
+    tid = t.c.id
+    tag_q = select(tags_table.c.resource_id)
+    if q.tags_all:
+        out.append(tid.in_(tag_q.where(tags_table.c.tag.in_(q.tags_all))
+                           .group_by(tags_table.c.resource_id)
+                           .having(func.count() == len(set(q.tags_all)))))
+    if q.tags_any:
+        out.append(tid.in_(tag_q.where(tags_table.c.tag.in_(q.tags_any))))
+    if q.not_tags_all:
+        out.append(not_(tid.in_(tag_q.where(tags_table.c.tag.in_(q.not_tags_all))
+                                .group_by(tags_table.c.resource_id)
+                                .having(func.count() == len(set(q.not_tags_all))))))
+    if q.not_tags_any:
+        out.append(not_(tid.in_(tag_q.where(tags_table.c.tag.in_(q.not_tags_any)))))
+    return out
+
+
+def select_page(conn: Connection, resource: ResourceSpec, q: ListQuery, scope: Any) -> tuple[Select[Any], bool]:
+    """The SELECT for one page, and whether sort order is reversed (page_reverse)."""
+    t = resource.table
+    stmt = select(t).where(scope, *where_clauses(resource, q))
+    keys = [(resource.column(key), asc) for key, asc in q.sorts]
+    if not any(col is not None and col.name == "id" for col, _ in keys):
+        keys.append((t.c.id, keys[0][1] if keys else True))
+    reverse = q.page_reverse
+    if q.marker is not None and q.limit is not None:
+        marker = conn.execute(select(t).where(t.c.id == q.marker, scope)).first()
+        if marker is None:
+            raise not_found(resource.name.capitalize().replace("_", ""), q.marker)
+        stmt = stmt.where(_after(keys, marker, reverse))
+    order = []
+    for col, asc in keys:
+        assert col is not None
+        forward = asc != reverse
+        order.append(col.asc() if forward else col.desc())
+    stmt = stmt.order_by(*order)
+    if q.limit is not None:
+        stmt = stmt.limit(q.limit + 1)
+    return stmt, reverse
+
+
+def _after(keys: list[tuple[Any, bool]], marker: Any, reverse: bool) -> Any:
+    """Rows strictly after the marker in sort order (lexicographic over the sort keys)."""
+    ors = []
+    for i, (col, asc) in enumerate(keys):
+        value = marker._mapping[col.name]
+        eqs = [c == marker._mapping[c.name] for c, _ in keys[:i]]
+        forward = asc != reverse
+        ors.append(and_(*eqs, col > value if forward else col < value))
+    return or_(*ors) if ors else true()
+
+
+def page_links(base_url: str, collection: str, params: Sequence[tuple[str, str]], q: ListQuery,
+               items: list[dict[str, Any]], has_more: bool) -> list[dict[str, str]]:
+    if q.limit is None or not items:
+        return []
+    kept = [(k, val) for k, val in params if k not in ("marker", "page_reverse", "limit")]
+    links = []
+    forward_more = has_more if not q.page_reverse else q.marker is not None
+    backward_more = q.marker is not None if not q.page_reverse else has_more
+    if forward_more:
+        nxt = kept + [("limit", str(q.limit)), ("marker", items[-1]["id"])]
+        links.append({"rel": "next", "href": f"{base_url}/v2.0/{collection}?{urlencode(nxt)}"})
+    if backward_more:
+        prev = kept + [("limit", str(q.limit)), ("marker", items[0]["id"]), ("page_reverse", "True")]
+        links.append({"rel": "previous", "href": f"{base_url}/v2.0/{collection}?{urlencode(prev)}"})
+    return links
+
+
+def select_fields(item: dict[str, Any], fields: tuple[str, ...]) -> dict[str, Any]:
+    if not fields:
+        return item
+    return {k: item[k] for k in fields if k in item}

@@ -1,0 +1,180 @@
+"""Validators for request attributes: each takes the raw JSON value and returns it converted or raises.
+
+Messages follow Neutron's "Invalid input for <attr>. Reason: <why>." so users and tooling see what
+they know. Converters return plain JSON-able values (strings, ints, lists of dicts) normalized, because
+what is stored and echoed back must be canonical (``10.0.0.0/24``, lower-case MACs).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+import uuid
+from collections.abc import Callable
+from typing import Any
+
+from neutrino.errors import BadRequest
+from neutrino.ipam.macs import normalize_mac
+
+Validator = Callable[[Any], Any]
+
+
+class AttributeError_(BadRequest):
+    type = "HTTPBadRequest"
+
+
+def invalid(attr: str, reason: str) -> AttributeError_:
+    return AttributeError_(f"Invalid input for {attr}. Reason: {reason}.")
+
+
+def string(max_len: int = 255) -> Validator:
+    def check(value: Any) -> str:
+        if not isinstance(value, str):
+            raise ValueError(f"'{value}' is not a valid string")
+        if len(value) > max_len:
+            raise ValueError(f"'{value}' exceeds maximum length of {max_len}")
+        return value
+    return check
+
+
+def boolean(value: Any) -> bool:
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.lower() in ("true", "false", "1", "0"):
+        return value.lower() in ("true", "1")
+    if isinstance(value, int) and value in (0, 1):
+        return bool(value)
+    raise ValueError(f"'{value}' cannot be converted to boolean")
+
+
+def integer(lo: int | None = None, hi: int | None = None) -> Validator:
+    def check(value: Any) -> int:
+        if isinstance(value, bool):
+            raise ValueError(f"'{value}' is not an integer")
+        try:
+            n = int(value)
+        except (TypeError, ValueError):
+            raise ValueError(f"'{value}' is not an integer") from None
+        if isinstance(value, float) and value != n:
+            raise ValueError(f"'{value}' is not an integer")
+        if lo is not None and n < lo:
+            raise ValueError(f"'{n}' is too small - must be at least '{lo}'")
+        if hi is not None and n > hi:
+            raise ValueError(f"'{n}' is too large - must be no larger than '{hi}'")
+        return n
+    return check
+
+
+def uuid_str(value: Any) -> str:
+    if not isinstance(value, str):
+        raise ValueError(f"'{value}' is not a valid UUID")
+    try:
+        return str(uuid.UUID(value))
+    except ValueError:
+        raise ValueError(f"'{value}' is not a valid UUID") from None
+
+
+def ip_address(value: Any) -> str:
+    if not isinstance(value, str):
+        raise ValueError(f"'{value}' is not a valid IP address")
+    try:
+        ip = ipaddress.ip_address(value)
+    except ValueError:
+        raise ValueError(f"'{value}' is not a valid IP address") from None
+    if ip.version == 4 and not re.fullmatch(r"\d{1,3}(\.\d{1,3}){3}", value):
+        raise ValueError(f"'{value}' is not an accepted IP address, '{ip}' is recommended")
+    return str(ip)
+
+
+def ip_address_or_none(value: Any) -> str | None:
+    return None if value is None else ip_address(value)
+
+
+def subnet_cidr(value: Any) -> str:
+    if not isinstance(value, str) or "/" not in value:
+        raise ValueError(f"'{value}' is not a valid IP subnet")
+    try:
+        iface = ipaddress.ip_interface(value)
+    except ValueError:
+        raise ValueError(f"'{value}' is not a valid IP subnet") from None
+    if iface.ip != iface.network.network_address:
+        raise ValueError(f"'{value}' isn't a recommended CIDR, '{iface.network}' is recommended")
+    return str(iface.network)
+
+
+def mac_address(value: Any) -> str:
+    mac = normalize_mac(value) if isinstance(value, str) else None
+    if mac is None:
+        raise ValueError(f"'{value}' is not a valid MAC address")
+    return mac
+
+
+def list_of(item: Validator, *, unique: bool = False) -> Validator:
+    def check(value: Any) -> list[Any]:
+        if not isinstance(value, list):
+            raise ValueError(f"'{value}' is not a list")
+        out = [item(v) for v in value]
+        if unique and len({repr(v) for v in out}) != len(out):
+            raise ValueError(f"Duplicate items in the list: '{', '.join(map(str, value))}'")
+        return out
+    return check
+
+
+def one_of(*choices: str | None) -> Validator:
+    def check(value: Any) -> Any:
+        if value not in choices:
+            shown = ", ".join(str(c) for c in choices if c is not None)
+            raise ValueError(f"'{value}' is not in [{shown}]")
+        return value
+    return check
+
+
+def dict_of(spec: dict[str, tuple[bool, Validator]]) -> Validator:
+    """A dict with known keys: ``{key: (required, validator)}``; unknown keys are refused."""
+    def check(value: Any) -> dict[str, Any]:
+        if not isinstance(value, dict):
+            raise ValueError(f"'{value}' is not a dictionary")
+        unknown = sorted(set(value) - set(spec))
+        if unknown:
+            raise ValueError(f"Unrecognized keys {unknown} in '{value}'")
+        out: dict[str, Any] = {}
+        for key, (required, validator) in spec.items():
+            if key in value:
+                out[key] = validator(value[key])
+            elif required:
+                raise ValueError(f"Validation of dictionary's keys failed. Expected keys: {set(spec)} "
+                                 f"Provided keys: {set(value)}")
+        return out
+    return check
+
+
+def any_dict(value: Any) -> dict[str, Any]:
+    if not isinstance(value, dict):
+        raise ValueError(f"'{value}' is not a dictionary")
+    return value
+
+
+host_route = dict_of({"destination": (True, subnet_cidr), "nexthop": (True, ip_address)})
+allocation_pool = dict_of({"start": (True, ip_address), "end": (True, ip_address)})
+fixed_ip = dict_of({"subnet_id": (False, uuid_str), "ip_address": (False, ip_address)})
+address_pair = dict_of({"ip_address": (True, lambda v: _ip_or_cidr(v)), "mac_address": (False, mac_address)})
+extra_dhcp_opt = dict_of({
+    "opt_name": (True, string(255)),
+    "opt_value": (True, lambda v: None if v is None else string(255)(v)),
+    "ip_version": (False, lambda v: int(one_of("4", "6")(str(v)))),
+})
+
+
+def _ip_or_cidr(value: Any) -> str:
+    if isinstance(value, str) and "/" in value:
+        try:
+            return str(ipaddress.ip_network(value, strict=True))
+        except ValueError:
+            raise ValueError(f"'{value}' is not a valid IP address") from None
+    return ip_address(value)
+
+
+def tag(value: Any) -> str:
+    if not isinstance(value, str) or not value or len(value) > 255 or "," in value or "/" in value:
+        raise ValueError(f"'{value}' is not a valid tag")
+    return value

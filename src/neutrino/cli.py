@@ -1,0 +1,178 @@
+"""The ``neutrino`` command."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import sys
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+from neutrino import __version__, config, logs
+from neutrino.errors import ConfigError
+
+EPILOG = """\
+examples:
+  neutrino up                         # API on 127.0.0.1:9696, SQLite under ./state, clouds.yaml written
+  openstack --os-cloud neutrino network create demo
+  neutrino up --state-dir /var/lib/neutrino --port 9797
+  NEUTRINO_DATABASE__URL=postgresql://neutrino@db/neutrino neutrino server
+  neutrino status
+
+configuration: one YAML file (--config, $NEUTRINO_CONFIG, or <state-dir>/neutrino.yaml); any key can be
+overridden from the environment as NEUTRINO_<SECTION>__<KEY>, e.g. NEUTRINO_API__PORT=9797.
+"""
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", help="YAML configuration file")
+    p.add_argument("--state-dir", help="where the database, logs and runtime files live (default ./state)")
+    p.add_argument("--log-level", help="DEBUG, INFO, WARNING or ERROR")
+    p.add_argument("--log-format", choices=["text", "json"], help="log line format")
+
+
+def parser() -> argparse.ArgumentParser:
+    top = argparse.ArgumentParser(
+        prog="neutrino", formatter_class=argparse.RawDescriptionHelpFormatter, epilog=EPILOG,
+        description="Networking as a service for Linux hosts, speaking the OpenStack Networking (Neutron) "
+                    "v2.0 API.")
+    top.add_argument("--version", action="version", version=f"neutrino {__version__}")
+    sub = top.add_subparsers(dest="command", metavar="COMMAND")
+
+    up = sub.add_parser("up", help="run the all-in-one service (API server and host agent) on this machine",
+                        description="Run the API server and this host's agent in one process. The database "
+                                    "is created and migrated on start; a clouds.yaml entry named 'neutrino' "
+                                    "is written so `openstack --os-cloud neutrino ...` works at once.")
+    _common(up)
+    up.add_argument("--host", help="address to listen on (default 127.0.0.1)")
+    up.add_argument("--port", type=int, help="port to listen on (default 9696)")
+    up.add_argument("--clouds-yaml", default=str(Path.home() / ".config/openstack/clouds.yaml"),
+                    help="where to write the 'neutrino' cloud entry (default %(default)s); '' to skip")
+
+    server = sub.add_parser("server", help="run only the API server (for multi-host deployments)")
+    _common(server)
+    server.add_argument("--host", help="address to listen on")
+    server.add_argument("--port", type=int, help="port to listen on")
+
+    status = sub.add_parser("status", help="say what is running and what is broken")
+    _common(status)
+    status.add_argument("--json", action="store_true", help="machine-readable output")
+
+    db = sub.add_parser("db-upgrade", help="create or migrate the database to the current schema")
+    _common(db)
+
+    clouds = sub.add_parser("clouds-yaml", help="print (or write) the clouds.yaml entry for this server")
+    _common(clouds)
+    clouds.add_argument("--write", metavar="PATH", help="merge the entry into this clouds.yaml")
+    return top
+
+
+def _load(args: argparse.Namespace) -> config.Config:
+    cfg = config.load(args.config, state_dir=args.state_dir)
+    if getattr(args, "host", None):
+        cfg.api.host = args.host
+    if getattr(args, "port", None):
+        cfg.api.port = args.port
+    if args.log_level:
+        cfg.log.level = args.log_level
+    if args.log_format:
+        cfg.log.format = args.log_format
+    return cfg
+
+
+def cmd_up(args: argparse.Namespace, cfg: config.Config, *, with_agent: bool) -> int:
+    from neutrino import server
+
+    logs.setup(cfg.log.level, cfg.log.format)
+    app, db, _identity = server.build(cfg)
+    if with_agent and args.clouds_yaml:
+        path = server.write_clouds_yaml(cfg, Path(args.clouds_yaml))
+        print(f"clouds.yaml: cloud 'neutrino' written to {path}", file=sys.stderr)
+    pid_file = Path(cfg.state_dir) / "neutrino.pid"
+    pid_file.write_text(f"{os.getpid()}\n{cfg.public_url}\n")
+    try:
+        asyncio.run(server.serve(cfg, app))
+    except KeyboardInterrupt:
+        pass
+    finally:
+        pid_file.unlink(missing_ok=True)
+        db.dispose()
+    return 0
+
+
+def cmd_status(args: argparse.Namespace, cfg: config.Config) -> int:
+    report: dict[str, object] = {"state_dir": str(Path(cfg.state_dir).resolve()), "url": cfg.public_url}
+    pid_file = Path(cfg.state_dir) / "neutrino.pid"
+    ok = True
+    if pid_file.exists():
+        pid, _, url = pid_file.read_text().partition("\n")
+        alive = Path(f"/proc/{pid.strip()}").exists()
+        report["process"] = {"pid": int(pid), "alive": alive}
+        report["url"] = url.strip() or cfg.public_url
+        ok &= alive
+    else:
+        report["process"] = None
+    try:
+        with urllib.request.urlopen(f"{report['url']}/", timeout=3) as resp:
+            report["api"] = {"reachable": True, "versions": [v["id"] for v in json.load(resp)["versions"]]}
+    except (urllib.error.URLError, OSError, ValueError, KeyError) as exc:
+        report["api"] = {"reachable": False, "error": str(exc)}
+        ok = False
+    if args.json:
+        print(json.dumps(report, indent=2))
+    else:
+        proc = report["process"]
+        print(f"neutrino at {report['url']} (state {report['state_dir']})")
+        if isinstance(proc, dict):
+            state = "running" if proc["alive"] else "DEAD (stale pid file)"
+            print(f"  process: pid {proc['pid']}, {state}")
+        else:
+            print("  process: not running")
+        api = report["api"]
+        assert isinstance(api, dict)
+        shown = "reachable, " + ",".join(api["versions"]) if api["reachable"] else "UNREACHABLE: " + api["error"]
+        print(f"  api:     {shown}")
+    return 0 if ok else 1
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = parser()
+    args = p.parse_args(argv)
+    if not args.command:
+        p.print_help()
+        return 2
+    try:
+        cfg = _load(args)
+        if args.command == "up":
+            return cmd_up(args, cfg, with_agent=True)
+        if args.command == "server":
+            args.clouds_yaml = ""
+            return cmd_up(args, cfg, with_agent=False)
+        if args.command == "status":
+            return cmd_status(args, cfg)
+        if args.command == "db-upgrade":
+            from neutrino.db.engine import Database
+            from neutrino.db.migrate import upgrade
+            upgrade(Database(cfg.database_url))
+            print(f"database at {cfg.database_url} is at the current schema")
+            return 0
+        if args.command == "clouds-yaml":
+            from neutrino import server
+            if args.write:
+                print(server.write_clouds_yaml(cfg, Path(args.write)))
+            else:
+                import yaml
+                print(yaml.safe_dump({"clouds": {"neutrino": server.clouds_entry(cfg)}}, sort_keys=False))
+            return 0
+    except ConfigError as exc:
+        print(f"neutrino: configuration error: {exc}", file=sys.stderr)
+        return 2
+    p.print_help()
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,73 @@
+"""Build and run the API server: database (migrated), identity (bootstrapped), ASGI app under uvicorn."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+import uvicorn
+import yaml
+from starlette.applications import Starlette
+
+from neutrino.api.app import create_app
+from neutrino.config import Config
+from neutrino.db.engine import Database
+from neutrino.db.migrate import upgrade
+from neutrino.identity import Identity, build_identity
+
+log = logging.getLogger("neutrino.server")
+
+
+def build(cfg: Config) -> tuple[Starlette, Database, Identity]:
+    Path(cfg.state_dir).mkdir(parents=True, exist_ok=True)
+    db = Database(cfg.database_url)
+    upgrade(db)
+    identity = build_identity(cfg, db)
+    identity.bootstrap()
+    return create_app(cfg, db, identity), db, identity
+
+
+def clouds_entry(cfg: Config) -> dict[str, Any]:
+    """The clouds.yaml entry that points the openstack CLI and SDK at this server."""
+    if cfg.identity.mode == "noauth":
+        return {"auth_type": "none", "auth": {"endpoint": cfg.public_url},
+                "network_endpoint_override": cfg.public_url}
+    if cfg.identity.mode == "keystone":
+        return {"auth": {"auth_url": cfg.identity.auth_url}, "region_name": cfg.identity.region,
+                "identity_api_version": 3}
+    return {
+        "auth": {"auth_url": f"{cfg.public_url}/identity/v3", "username": cfg.identity.admin_user,
+                 "password": cfg.identity.admin_password, "project_name": cfg.identity.admin_project,
+                 "user_domain_name": "Default", "project_domain_name": "Default"},
+        "region_name": cfg.identity.region, "identity_api_version": 3, "interface": "public",
+    }
+
+
+def write_clouds_yaml(cfg: Config, path: Path, name: str = "neutrino") -> Path:
+    """Add or replace the ``name`` cloud in ``path``, keeping every other cloud the file has."""
+    data: dict[str, Any] = {}
+    if path.exists():
+        data = yaml.safe_load(path.read_text()) or {}
+    data.setdefault("clouds", {})[name] = clouds_entry(cfg)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(yaml.safe_dump(data, sort_keys=False))
+    os.chmod(tmp, 0o600)
+    tmp.replace(path)
+    return path
+
+
+async def serve(cfg: Config, app: Starlette, *, ready: asyncio.Event | None = None) -> None:
+    config = uvicorn.Config(app, host=cfg.api.host, port=cfg.api.port, log_config=None, access_log=False,
+                            loop="none", http="httptools", lifespan="off", timeout_keep_alive=30)
+    server = uvicorn.Server(config)
+    task = asyncio.create_task(server.serve())
+    while not server.started and not task.done():
+        await asyncio.sleep(0.01)
+    if ready is not None:
+        ready.set()
+    log.info("API listening on %s", cfg.public_url)
+    await task

@@ -1,0 +1,202 @@
+"""Ports: MAC and fixed-IP allocation, binding, address pairs, DHCP options, and their API view."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Sequence
+from typing import Any
+
+from sqlalchemy import Connection, delete, insert, select, true
+
+from neutrino.context import RequestContext
+from neutrino.db.schema import ipallocations, networks, ports
+from neutrino.errors import Conflict, PolicyNotAuthorized, not_found
+from neutrino.ipam.macs import random_mac
+from neutrino.services import addresses, quotas, standard
+from neutrino.services import networks as net_service
+from neutrino.services.core import Core, require_writer
+
+VIF_DETAILS = {"port_filter": True, "connectivity": "l2"}
+
+
+def scope(ctx: RequestContext) -> Any:
+    if ctx.is_admin:
+        return true()
+    owned = select(networks.c.id).where(networks.c.project_id == ctx.project_id)
+    return (ports.c.project_id == ctx.project_id) | ports.c.network_id.in_(owned)
+
+
+def fetch(conn: Connection, ctx: RequestContext, port_id: str) -> Any:
+    row = conn.execute(select(ports).where(ports.c.id == port_id, scope(ctx))).first()
+    if row is None:
+        raise not_found("Port", port_id)
+    return row
+
+
+def binding(host: str) -> dict[str, Any]:
+    """vif_type/vif_details for a port bound to ``host`` ('' = unbound)."""
+    if not host:
+        return {"binding_vif_type": "unbound", "binding_vif_details": {}}
+    return {"binding_vif_type": "bridge", "binding_vif_details": dict(VIF_DETAILS)}
+
+
+def _mac(conn: Connection, core: Core, network_id: str, wanted: str | None) -> str:
+    if wanted is not None:
+        if conn.execute(select(ports.c.id).where(ports.c.network_id == network_id,
+                                                 ports.c.mac_address == wanted)).first():
+            raise Conflict(f"Unable to complete operation for network {network_id}. "
+                           f"The mac address {wanted} is in use.", type="MacAddressInUse")
+        return wanted
+    for _ in range(16):
+        mac = random_mac(core.cfg.network.base_mac)
+        if not conn.execute(select(ports.c.id).where(ports.c.network_id == network_id,
+                                                     ports.c.mac_address == mac)).first():
+            return mac
+    raise Conflict(f"Unable to generate unique mac on network {network_id}.", type="MacAddressGenerationFailure")
+
+
+def _check_pairs(port_security: bool, pairs: list[dict[str, Any]]) -> None:
+    if pairs and not port_security:
+        raise Conflict("Port Security must be enabled in order to have allowed address pairs on a port.",
+                       type="AddressPairAndPortSecurityRequired")
+
+
+def _store_ips(conn: Connection, port_id: str, network_id: str, ips: list[tuple[str, str]]) -> None:
+    if ips:
+        conn.execute(insert(ipallocations), [
+            {"port_id": port_id, "subnet_id": sid, "network_id": network_id, "ip_address": ip, "position": n}
+            for n, (sid, ip) in enumerate(ips)])
+
+
+def create(core: Core, conn: Connection, ctx: RequestContext, data: dict[str, Any]) -> str:
+    require_writer(ctx, "create_port")
+    net = net_service.fetch(conn, ctx, data["network_id"])
+    net_service.check_can_use(net, ctx)
+    if not ctx.is_admin and net.project_id != ctx.project_id and \
+            any("ip_address" in f for f in data.get("fixed_ips") or []):
+        raise PolicyNotAuthorized("rule:create_port:fixed_ips:ip_address")
+    quotas.check(conn, core.cfg.quotas, data["project_id"], "port")
+    if not core.cfg.database_url.startswith("sqlite"):
+        conn.execute(select(networks.c.id).where(networks.c.id == net.id).with_for_update())
+    port_security = data.get("port_security_enabled", net.port_security_enabled)
+    _check_pairs(port_security, data["allowed_address_pairs"])
+    mac = _mac(conn, core, net.id, data.get("mac_address"))
+    ips = addresses.allocate(core, conn, net.id, data.get("fixed_ips"), mac, data["device_owner"])
+    port_id = str(uuid.uuid4())
+    host = data["binding:host_id"]
+    conn.execute(insert(ports).values(**standard.stamp_new({
+        "id": port_id, "project_id": data["project_id"], "name": data["name"],
+        "description": data["description"], "network_id": net.id, "mac_address": mac,
+        "admin_state_up": data["admin_state_up"], "status": "DOWN", "device_id": data["device_id"],
+        "device_owner": data["device_owner"], "port_security_enabled": port_security,
+        "security_groups": data.get("security_groups", []),
+        "allowed_address_pairs": data["allowed_address_pairs"], "extra_dhcp_opts": data["extra_dhcp_opts"],
+        "binding_host_id": host, "binding_vnic_type": data["binding:vnic_type"],
+        "binding_profile": data["binding:profile"], **binding(host),
+    })))
+    _store_ips(conn, port_id, net.id, ips)
+    standard.emit(conn, "port", port_id, "create", network_id=net.id, host=host or None)
+    return port_id
+
+
+def update(core: Core, conn: Connection, ctx: RequestContext, port_id: str, data: dict[str, Any],
+           if_match: str | None) -> None:
+    row = fetch(conn, ctx, port_id)
+    require_writer(ctx, "update_port")
+    standard.check_revision(row.revision_number, if_match)
+    if "mac_address" in data and data["mac_address"] != row.mac_address:
+        if not ctx.is_admin:
+            raise PolicyNotAuthorized("rule:update_port:mac_address")
+        data["mac_address"] = _mac(conn, core, row.network_id, data["mac_address"])
+    values: dict[str, Any] = {}
+    for attr, column in (("name", "name"), ("description", "description"), ("admin_state_up", "admin_state_up"),
+                         ("device_id", "device_id"), ("device_owner", "device_owner"),
+                         ("mac_address", "mac_address"), ("security_groups", "security_groups"),
+                         ("port_security_enabled", "port_security_enabled"),
+                         ("allowed_address_pairs", "allowed_address_pairs"),
+                         ("extra_dhcp_opts", "extra_dhcp_opts"), ("binding:vnic_type", "binding_vnic_type"),
+                         ("binding:profile", "binding_profile")):
+        if attr in data:
+            values[column] = data[attr]
+    _check_pairs(values.get("port_security_enabled", row.port_security_enabled),
+                 values.get("allowed_address_pairs", row.allowed_address_pairs))
+    if "binding:host_id" in data:
+        values["binding_host_id"] = data["binding:host_id"]
+        values.update(binding(data["binding:host_id"]))
+        if data["binding:host_id"] != row.binding_host_id:
+            values["status"] = "DOWN"
+    if "fixed_ips" in data:
+        current = [(r.subnet_id, r.ip_address) for r in conn.execute(
+            select(ipallocations.c.subnet_id, ipallocations.c.ip_address)
+            .where(ipallocations.c.port_id == port_id).order_by(ipallocations.c.position))]
+        requested = _keep_current(data["fixed_ips"], current)
+        owner = values.get("device_owner", row.device_owner)
+        ips = addresses.allocate(core, conn, row.network_id, requested, values.get("mac_address", row.mac_address),
+                                 owner, keep=current)
+        conn.execute(delete(ipallocations).where(ipallocations.c.port_id == port_id))
+        _store_ips(conn, port_id, row.network_id, ips)
+    standard.bump(conn, ports, port_id, values)
+    standard.emit(conn, "port", port_id, "update", network_id=row.network_id,
+                  host=values.get("binding_host_id", row.binding_host_id) or None)
+
+
+def _keep_current(requested: list[dict[str, Any]], current: list[tuple[str, str]]) -> list[dict[str, Any]]:
+    """A request naming only a subnet the port already has an address on keeps that address."""
+    out = []
+    used = set()
+    for entry in requested:
+        if "ip_address" not in entry:
+            for sid, ip in current:
+                if sid == entry.get("subnet_id") and ip not in used:
+                    entry = {"subnet_id": sid, "ip_address": ip}
+                    used.add(ip)
+                    break
+        out.append(entry)
+    return out
+
+
+def delete_(core: Core, conn: Connection, ctx: RequestContext, port_id: str, if_match: str | None) -> None:
+    row = fetch(conn, ctx, port_id)
+    require_writer(ctx, "delete_port")
+    standard.check_revision(row.revision_number, if_match)
+    conn.execute(delete(ipallocations).where(ipallocations.c.port_id == port_id))
+    standard.set_tags(conn, "port", port_id, [])
+    conn.execute(delete(ports).where(ports.c.id == port_id))
+    standard.emit(conn, "port", port_id, "delete", network_id=row.network_id, host=row.binding_host_id or None)
+
+
+def load_fixed_ips(conn: Connection, ids: Sequence[str]) -> dict[str, list[dict[str, str]]]:
+    out: dict[str, list[dict[str, str]]] = {}
+    for i in range(0, len(ids), 900):
+        chunk = ids[i:i + 900]
+        stmt = (select(ipallocations.c.port_id, ipallocations.c.subnet_id, ipallocations.c.ip_address)
+                .where(ipallocations.c.port_id.in_(chunk)).order_by(ipallocations.c.port_id,
+                                                                    ipallocations.c.position))
+        for pid, sid, ip in conn.execute(stmt):
+            out.setdefault(pid, []).append({"subnet_id": sid, "ip_address": ip})
+    return out
+
+
+def view(conn: Connection, rows: Sequence[Any], ctx: RequestContext) -> list[dict[str, Any]]:
+    ids = [r.id for r in rows]
+    tag_map = standard.load_tags(conn, ids)
+    ips = load_fixed_ips(conn, ids)
+    out = []
+    for r in rows:
+        item = standard.standard_view(r, tag_map)
+        item.update({
+            "network_id": r.network_id, "admin_state_up": r.admin_state_up, "status": r.status,
+            "mac_address": r.mac_address, "fixed_ips": ips.get(r.id, []), "device_id": r.device_id,
+            "device_owner": r.device_owner, "security_groups": r.security_groups,
+            "port_security_enabled": r.port_security_enabled, "allowed_address_pairs": [
+                {"ip_address": p["ip_address"], "mac_address": p.get("mac_address", r.mac_address)}
+                for p in r.allowed_address_pairs],
+            "extra_dhcp_opts": [{"opt_name": o["opt_name"], "opt_value": o["opt_value"],
+                                 "ip_version": o.get("ip_version", 4)} for o in r.extra_dhcp_opts],
+            "binding:vnic_type": r.binding_vnic_type,
+        })
+        if ctx.is_admin:
+            item.update({"binding:host_id": r.binding_host_id, "binding:vif_type": r.binding_vif_type,
+                         "binding:vif_details": r.binding_vif_details, "binding:profile": r.binding_profile})
+        out.append(item)
+    return out

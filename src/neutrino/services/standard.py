@@ -1,0 +1,100 @@
+"""Standard attributes every resource shares: timestamps, revision numbers, tags, and the change feed.
+
+Every write of a resource goes through ``stamp_new``/``bump`` (revision + updated_at) and ``emit``
+(one row in the ordered ``changes`` feed, in the same transaction), so agents and API clients see one
+consistent history.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Iterable
+from typing import Any
+
+from sqlalchemy import Connection, Table, delete, insert, select, update
+
+from neutrino.db.schema import changes, tags
+from neutrino.errors import PreconditionFailed
+
+
+def now() -> dt.datetime:
+    return dt.datetime.now(dt.UTC).replace(tzinfo=None, microsecond=0)
+
+
+def iso(ts: dt.datetime) -> str:
+    return ts.strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def stamp_new(values: dict[str, Any]) -> dict[str, Any]:
+    ts = now()
+    values.setdefault("created_at", ts)
+    values.setdefault("updated_at", ts)
+    values.setdefault("revision_number", 0)
+    return values
+
+
+def check_revision(current: int, if_match: str | None) -> None:
+    """``If-Match: revision_number=N`` must name the current revision (412 otherwise)."""
+    if not if_match:
+        return
+    for part in if_match.split(","):
+        part = part.strip()
+        if part.startswith("revision_number="):
+            try:
+                wanted = int(part.split("=", 1)[1])
+            except ValueError:
+                continue
+            if wanted != current:
+                raise PreconditionFailed(f"Constrained to {wanted}, but current revision is {current}")
+
+
+def bump(conn: Connection, table: Table, row_id: str, values: dict[str, Any] | None = None) -> None:
+    """Apply ``values`` and advance revision_number and updated_at."""
+    conn.execute(update(table).where(table.c.id == row_id).values(
+        **(values or {}), revision_number=table.c.revision_number + 1, updated_at=now()))
+
+
+def emit(conn: Connection, resource: str, resource_id: str, op: str, *,
+         network_id: str | None = None, host: str | None = None) -> None:
+    conn.execute(insert(changes).values(resource=resource, resource_id=resource_id, op=op,
+                                        network_id=network_id, host=host, at=now()))
+
+
+def load_tags(conn: Connection, ids: Iterable[str]) -> dict[str, list[str]]:
+    ids = list(ids)
+    out: dict[str, list[str]] = {}
+    if not ids:
+        return out
+    for chunk in _chunks(ids):
+        for rid, tag in conn.execute(select(tags.c.resource_id, tags.c.tag).where(tags.c.resource_id.in_(chunk))):
+            out.setdefault(rid, []).append(tag)
+    for value in out.values():
+        value.sort()
+    return out
+
+
+def set_tags(conn: Connection, resource_type: str, resource_id: str, new: Iterable[str]) -> None:
+    conn.execute(delete(tags).where(tags.c.resource_id == resource_id))
+    rows = [{"resource_id": resource_id, "resource_type": resource_type, "tag": t} for t in sorted(set(new))]
+    if rows:
+        conn.execute(insert(tags), rows)
+
+
+def _chunks(ids: list[str], size: int = 900) -> Iterable[list[str]]:
+    for i in range(0, len(ids), size):
+        yield ids[i:i + size]
+
+
+def standard_view(row: Any, tag_map: dict[str, list[str]]) -> dict[str, Any]:
+    """The attributes every resource shows, from its row."""
+    return {
+        "id": row.id,
+        "name": row.name,
+        "description": row.description,
+        "project_id": row.project_id,
+        "tenant_id": row.project_id,
+        "revision_number": row.revision_number,
+        "created_at": iso(row.created_at),
+        "updated_at": iso(row.updated_at),
+        "tags": tag_map.get(row.id, []),
+    }
