@@ -59,7 +59,8 @@ async def rate(client: httpx.AsyncClient, n: int, clients: int, make: Any) -> fl
 
     async def worker() -> None:
         for i in counter:
-            resp = await client.post(*make(i))
+            path, kw = make(i)
+            resp = await client.post(path, **kw)
             if resp.status_code != 201:
                 raise RuntimeError(resp.text)
 

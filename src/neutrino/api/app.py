@@ -7,6 +7,7 @@ with the right status; nothing unexpected leaks as an HTML 500.
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import logging
 import time
@@ -65,11 +66,20 @@ BINDINGS = {
 }
 
 
+JSON_OPTIONS = orjson.OPT_NAIVE_UTC | orjson.OPT_UTC_Z
+
+
+def _iso(value: Any) -> str:
+    if isinstance(value, dt.datetime):
+        return value.isoformat(timespec="seconds") + "Z"
+    raise TypeError(type(value))
+
+
 def json_response(body: Any, status: int = 200) -> Response:
     try:
-        raw = orjson.dumps(body)
+        raw = orjson.dumps(body, option=JSON_OPTIONS)
     except TypeError:  # integers beyond 64 bits (IPv6 address counts): the stdlib handles them
-        raw = json.dumps(body, separators=(",", ":")).encode()
+        raw = json.dumps(body, separators=(",", ":"), default=_iso).encode()
     return Response(raw, status_code=status, media_type="application/json")
 
 

@@ -17,6 +17,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, TypeVar
 
+import orjson
 from sqlalchemy import Connection, Engine, create_engine, event
 from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
 from sqlalchemy.pool import QueuePool
@@ -37,12 +38,14 @@ class Database:
             self.engine: Engine = create_engine(
                 url, poolclass=QueuePool, pool_size=pool_size, max_overflow=pool_size,
                 connect_args={"check_same_thread": False, "timeout": 30},
+                json_serializer=_json_dumps, json_deserializer=orjson.loads,
             )
             event.listen(self.engine, "connect", _sqlite_connect)
             event.listen(self.engine, "begin", _sqlite_begin)
         else:
             url = url.replace("postgresql://", "postgresql+psycopg://", 1)
-            self.engine = create_engine(url, pool_size=pool_size, max_overflow=pool_size, pool_pre_ping=True)
+            self.engine = create_engine(url, pool_size=pool_size, max_overflow=pool_size, pool_pre_ping=True,
+                                        json_serializer=_json_dumps, json_deserializer=orjson.loads)
 
     @contextmanager
     def read(self) -> Iterator[Connection]:
@@ -80,6 +83,10 @@ class Database:
 
     def dispose(self) -> None:
         self.engine.dispose()
+
+
+def _json_dumps(value: Any) -> str:
+    return orjson.dumps(value).decode()
 
 
 def _retriable(exc: DBAPIError) -> bool:

