@@ -26,6 +26,7 @@ from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
 from neutrino.api import discovery, listing
+from neutrino.api.agents import AGENT
 from neutrino.api.attributes import ResourceSpec, parse_bodies, parse_update
 from neutrino.api.resources import NETWORK, PORT, SUBNET
 from neutrino.config import Config
@@ -35,8 +36,10 @@ from neutrino.errors import ApiError, BadRequest, Conflict, MethodNotAllowed, No
 
 if TYPE_CHECKING:
     from neutrino.identity import Identity
-from neutrino.services import networks, ports, subnets
+from neutrino.services import agents, dhcp, networks, ports, subnets
 from neutrino.services.core import Core
+from neutrino.sync import snapshot
+from neutrino.sync.feed import Feed
 
 log = logging.getLogger("neutrino.api")
 
@@ -55,15 +58,16 @@ class Binding:
     view: Callable[[Connection, Sequence[Any], RequestContext], list[dict[str, Any]]]
 
 
-BINDINGS = {
-    b.spec.collection: b for b in (
+def bindings(cfg: Config) -> dict[str, Binding]:
+    return {b.spec.collection: b for b in (
         Binding(NETWORK, networks.create, networks.update, networks.delete_, networks.fetch, networks.scope,
                 networks.view),
         Binding(SUBNET, subnets.create, subnets.update, subnets.delete_, subnets.fetch, subnets.scope,
                 subnets.view),
         Binding(PORT, ports.create, ports.update, ports.delete_, ports.fetch, ports.scope, ports.view),
-    )
-}
+        Binding(AGENT, agents.create, agents.update, agents.delete_, agents.fetch, agents.scope,
+                agents.make_view(cfg.agent.agent_down_seconds)),
+    )}
 
 
 JSON_OPTIONS = orjson.OPT_NAIVE_UTC | orjson.OPT_UTC_Z
@@ -96,6 +100,8 @@ class Api:
         self.identity = identity
         self.core = Core(cfg)
         self.base_url = cfg.public_url
+        self.bindings = bindings(cfg)
+        self.feed = Feed(lambda: self.read(snapshot.current_revision))
 
     # -- plumbing -------------------------------------------------------------------------------------
     async def context(self, request: Request) -> RequestContext:
@@ -117,8 +123,20 @@ class Api:
                 return fn(conn)
         return run_in_threadpool(run)
 
-    def write(self, fn: Callable[[Connection], Any]) -> Awaitable[Any]:
-        return run_in_threadpool(self.db.write, fn)
+    async def write(self, fn: Callable[[Connection], Any]) -> Any:
+        result = await run_in_threadpool(self.db.write, fn)
+        self.feed.notify()
+        return result
+
+    def agent_report(self, conn: Connection, rep: agents.AgentReport) -> str:
+        """Register or refresh an agent; a new or restarted one gets work scheduled and ports bound."""
+        agent_id, new = agents.report(conn, rep)
+        if new or rep.start_flag:
+            if rep.agent_type is agents.AgentType.DHCP:
+                dhcp.schedule_unscheduled(conn, self.core)
+            else:
+                ports.rebind_host(conn, self.core, rep.host)
+        return agent_id
 
     # -- collections ----------------------------------------------------------------------------------
     async def list(self, request: Request, b: Binding) -> Response:
@@ -181,8 +199,8 @@ class Api:
         return Response(status_code=204)
 
 
-def _binding(collection: str) -> Binding:
-    b = BINDINGS.get(collection.removesuffix(".json"))
+def _binding(api: Api, collection: str) -> Binding:
+    b = api.bindings.get(collection.removesuffix(".json"))
     if b is None:
         raise NotFound("The resource could not be found.", type="HTTPNotFound")
     return b
@@ -237,13 +255,13 @@ def routes(api: Api) -> list[BaseRoute]:
         return json_response({"extension": ext.as_dict()})
 
     async def collection(request: Request) -> Response:
-        b = _binding(request.path_params["collection"])
+        b = _binding(api, request.path_params["collection"])
         if request.method == "GET":
             return await api.list(request, b)
         return await api.create(request, b)
 
     async def member(request: Request) -> Response:
-        b = _binding(request.path_params["collection"])
+        b = _binding(api, request.path_params["collection"])
         rid = request.path_params["id"].removesuffix(".json")
         if request.method == "GET":
             return await api.show(request, b, rid)
@@ -251,6 +269,7 @@ def routes(api: Api) -> list[BaseRoute]:
             return await api.update(request, b, rid)
         return await api.delete(request, b, rid)
 
+    from neutrino.api import agents as agent_api
     from neutrino.api import extras  # the smaller sub-resources: tags, quotas, ip availability
 
     table: list[BaseRoute] = [
@@ -261,6 +280,7 @@ def routes(api: Api) -> list[BaseRoute]:
         Route("/v2.0/extensions.json", guarded(extensions), methods=["GET"]),
         Route("/v2.0/extensions/{alias}", guarded(extension), methods=["GET"]),
         *extras.routes(api, guarded),
+        *agent_api.routes(api, guarded),
         Route("/v2.0/{collection}", guarded(collection), methods=["GET", "POST"]),
         Route("/v2.0/{collection}/{id}", guarded(member), methods=["GET", "PUT", "DELETE"]),
     ]

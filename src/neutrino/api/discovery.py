@@ -20,8 +20,10 @@ class Extension:
 
 
 EXTENSIONS: tuple[Extension, ...] = (
+    Extension("agent", "agent", "The agent management extension."),
     Extension("allowed-address-pairs", "Allowed Address Pairs", "Provides allowed address pairs"),
     Extension("binding", "Port Binding", "Expose port bindings of a virtual port to external application"),
+    Extension("dhcp_agent_scheduler", "DHCP Agent Scheduler", "Schedule networks among dhcp agents"),
     Extension("external-net", "Neutron external network", "Adds external network attribute to network resource."),
     Extension("extra_dhcp_opt", "Neutron Extra DHCP options",
               "Extra options configuration for DHCP. For example PXE boot options to DHCP clients can be "
@@ -60,6 +62,7 @@ BY_ALIAS = {e.alias: e for e in EXTENSIONS}
 
 # Collections listed by GET /v2.0.
 COLLECTIONS = (("network", "networks"), ("subnet", "subnets"), ("port", "ports"), ("quota", "quotas"),
+               ("agent", "agents"),
                ("network_ip_availability", "network-ip-availabilities"))
 
 

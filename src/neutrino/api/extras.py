@@ -36,7 +36,7 @@ def routes(api: Api, guarded: Callable[[Handler], Handler]) -> list[BaseRoute]:
         return standard.load_tags(conn, [rid]).get(rid, [])
 
     async def tags_all(request: Request) -> Response:
-        b = _binding(request.path_params["collection"])
+        b = _binding(api, request.path_params["collection"])
         ctx = await api.context(request)
         rid = request.path_params["id"]
         if request.method == "GET":
@@ -64,7 +64,7 @@ def routes(api: Api, guarded: Callable[[Handler], Handler]) -> list[BaseRoute]:
         return Response(status_code=204)
 
     async def tag_one(request: Request) -> Response:
-        b = _binding(request.path_params["collection"])
+        b = _binding(api, request.path_params["collection"])
         ctx = await api.context(request)
         rid, tag = request.path_params["id"], request.path_params["tag"]
         try:

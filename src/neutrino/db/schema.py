@@ -144,6 +144,33 @@ quotas = Table(
     Column("hard_limit", Integer, nullable=False),
 )
 
+# Agents registered by hosts (one row per (host, agent_type)), refreshed by heartbeats.
+agents = Table(
+    "agents",
+    metadata,
+    Column("id", ID, primary_key=True),
+    Column("agent_type", String(64), nullable=False),
+    Column("binary", String(255), nullable=False),
+    Column("topic", String(255), nullable=False, default=""),
+    Column("host", String(255), nullable=False),
+    Column("availability_zone", String(255), nullable=True),
+    Column("admin_state_up", Boolean, nullable=False, default=True),
+    Column("description", String(255), nullable=False, default=""),
+    Column("configurations", JSON, nullable=False, default=dict),
+    Column("created_at", DateTime, nullable=False),
+    Column("started_at", DateTime, nullable=False),
+    Column("heartbeat_timestamp", DateTime, nullable=False),
+    UniqueConstraint("agent_type", "host", name="uq_agents_type_host"),
+)
+
+# Which DHCP agents serve which networks.
+dhcp_bindings = Table(
+    "dhcp_bindings",
+    metadata,
+    Column("network_id", ID, ForeignKey("networks.id", ondelete="CASCADE"), primary_key=True),
+    Column("agent_id", ID, ForeignKey("agents.id", ondelete="CASCADE"), primary_key=True),
+)
+
 # The ordered change feed: one row per committed change of any resource. Agents watch it by `seq`.
 changes = Table(
     "changes",

@@ -12,7 +12,7 @@ from neutrino.context import RequestContext
 from neutrino.db.schema import ipallocations, networks, ports
 from neutrino.errors import Conflict, PolicyNotAuthorized, not_found
 from neutrino.ipam.macs import random_mac
-from neutrino.services import addresses, quotas, standard
+from neutrino.services import addresses, agents, quotas, standard
 from neutrino.services import networks as net_service
 from neutrino.services.core import Core, require_writer
 
@@ -33,14 +33,16 @@ def fetch(conn: Connection, ctx: RequestContext, port_id: str) -> Any:
     return row
 
 
-def binding(host: str) -> dict[str, Any]:
-    """vif_type/vif_details for a port bound to ``host`` ('' = unbound)."""
+def binding(conn: Connection, core: Core, host: str) -> dict[str, Any]:
+    """vif_type/vif_details for a port bound to ``host`` ('' = unbound): a live L2 agent there binds it."""
     if not host:
         return {"binding_vif_type": "unbound", "binding_vif_details": {}}
+    if not agents.alive_on_host(conn, core, host, agents.AgentType.L2):
+        return {"binding_vif_type": "binding_failed", "binding_vif_details": {}}
     return {"binding_vif_type": "bridge", "binding_vif_details": dict(VIF_DETAILS)}
 
 
-def _mac(conn: Connection, core: Core, network_id: str, wanted: str | None) -> str:
+def unique_mac(conn: Connection, core: Core, network_id: str, wanted: str | None) -> str:
     if wanted is not None:
         if conn.execute(select(ports.c.id).where(ports.c.network_id == network_id,
                                                  ports.c.mac_address == wanted)).first():
@@ -61,7 +63,7 @@ def _check_pairs(port_security: bool, pairs: list[dict[str, Any]]) -> None:
                        type="AddressPairAndPortSecurityRequired")
 
 
-def _store_ips(conn: Connection, port_id: str, network_id: str, ips: list[tuple[str, str]]) -> None:
+def store_ips(conn: Connection, port_id: str, network_id: str, ips: list[tuple[str, str]]) -> None:
     if ips:
         conn.execute(insert(ipallocations), [
             {"port_id": port_id, "subnet_id": sid, "network_id": network_id, "ip_address": ip, "position": n}
@@ -80,7 +82,7 @@ def create(core: Core, conn: Connection, ctx: RequestContext, data: dict[str, An
         conn.execute(select(networks.c.id).where(networks.c.id == net.id).with_for_update())
     port_security = data.get("port_security_enabled", net.port_security_enabled)
     _check_pairs(port_security, data["allowed_address_pairs"])
-    mac = _mac(conn, core, net.id, data.get("mac_address"))
+    mac = unique_mac(conn, core, net.id, data.get("mac_address"))
     ips = addresses.allocate(core, conn, net.id, data.get("fixed_ips"), mac, data["device_owner"])
     port_id = str(uuid.uuid4())
     host = data["binding:host_id"]
@@ -92,9 +94,9 @@ def create(core: Core, conn: Connection, ctx: RequestContext, data: dict[str, An
         "security_groups": data.get("security_groups", []),
         "allowed_address_pairs": data["allowed_address_pairs"], "extra_dhcp_opts": data["extra_dhcp_opts"],
         "binding_host_id": host, "binding_vnic_type": data["binding:vnic_type"],
-        "binding_profile": data["binding:profile"], **binding(host),
+        "binding_profile": data["binding:profile"], **binding(conn, core, host),
     })))
-    _store_ips(conn, port_id, net.id, ips)
+    store_ips(conn, port_id, net.id, ips)
     standard.emit(conn, "port", port_id, "create", network_id=net.id, host=host or None)
     return port_id
 
@@ -107,7 +109,7 @@ def update(core: Core, conn: Connection, ctx: RequestContext, port_id: str, data
     if "mac_address" in data and data["mac_address"] != row.mac_address:
         if not ctx.is_admin:
             raise PolicyNotAuthorized("rule:update_port:mac_address")
-        data["mac_address"] = _mac(conn, core, row.network_id, data["mac_address"])
+        data["mac_address"] = unique_mac(conn, core, row.network_id, data["mac_address"])
     values: dict[str, Any] = {}
     for attr, column in (("name", "name"), ("description", "description"), ("admin_state_up", "admin_state_up"),
                          ("device_id", "device_id"), ("device_owner", "device_owner"),
@@ -122,7 +124,7 @@ def update(core: Core, conn: Connection, ctx: RequestContext, port_id: str, data
                  values.get("allowed_address_pairs", row.allowed_address_pairs))
     if "binding:host_id" in data:
         values["binding_host_id"] = data["binding:host_id"]
-        values.update(binding(data["binding:host_id"]))
+        values.update(binding(conn, core, data["binding:host_id"]))
         if data["binding:host_id"] != row.binding_host_id:
             values["status"] = "DOWN"
     if "fixed_ips" in data:
@@ -134,7 +136,7 @@ def update(core: Core, conn: Connection, ctx: RequestContext, port_id: str, data
         ips = addresses.allocate(core, conn, row.network_id, requested, values.get("mac_address", row.mac_address),
                                  owner, keep=current)
         conn.execute(delete(ipallocations).where(ipallocations.c.port_id == port_id))
-        _store_ips(conn, port_id, row.network_id, ips)
+        store_ips(conn, port_id, row.network_id, ips)
     standard.bump(conn, ports, port_id, values)
     standard.emit(conn, "port", port_id, "update", network_id=row.network_id,
                   host=values.get("binding_host_id", row.binding_host_id) or None)
@@ -204,3 +206,26 @@ def view(conn: Connection, rows: Sequence[Any], ctx: RequestContext) -> list[dic
                          "binding:vif_details": r.binding_vif_details, "binding:profile": r.binding_profile})
         out.append(item)
     return out
+
+
+def set_status(conn: Connection, host: str, active: Sequence[str], down: Sequence[str]) -> int:
+    """An agent reports which of its ports are wired (ACTIVE) or not (DOWN); returns how many changed."""
+    changed = 0
+    for status, ids in (("ACTIVE", active), ("DOWN", down)):
+        if not ids:
+            continue
+        rows = conn.execute(select(ports.c.id).where(ports.c.id.in_(list(ids)), ports.c.binding_host_id == host,
+                                                     ports.c.status != status)).all()
+        for (pid,) in rows:
+            standard.bump(conn, ports, pid, {"status": status})
+        changed += len(rows)
+    return changed
+
+
+def rebind_host(conn: Connection, core: Core, host: str) -> None:
+    """An L2 agent appeared on ``host``: ports that failed to bind there bind now."""
+    rows = conn.execute(select(ports.c.id, ports.c.network_id).where(
+        ports.c.binding_host_id == host, ports.c.binding_vif_type == "binding_failed")).all()
+    for pid, network_id in rows:
+        standard.bump(conn, ports, pid, binding(conn, core, host))
+        standard.emit(conn, "port", pid, "update", network_id=network_id, host=host)

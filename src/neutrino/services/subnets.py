@@ -14,8 +14,8 @@ from neutrino.db.schema import ipallocations, networks, ports, subnets
 from neutrino.errors import InUse, InvalidInput, PolicyNotAuthorized, not_found
 from neutrino.ipam.macs import eui64
 from neutrino.ipam.pools import Pool, PoolError, default_pools, usable_range, validate_pools
+from neutrino.services import dhcp, quotas, standard
 from neutrino.services import networks as net_service
-from neutrino.services import quotas, standard
 from neutrino.services.addresses import AUTO_ADDRESS_MODES, ROUTER_OWNERS
 from neutrino.services.core import Core, require_owner, require_writer
 
@@ -126,6 +126,7 @@ def create(core: Core, conn: Connection, ctx: RequestContext, data: dict[str, An
         _address_existing_ports(conn, net.id, subnet_id, cidr)
     standard.bump(conn, networks, net.id)
     standard.emit(conn, "subnet", subnet_id, "create", network_id=net.id)
+    dhcp.reconcile_network(conn, core, net.id)
     return subnet_id
 
 
@@ -166,6 +167,8 @@ def update(core: Core, conn: Connection, ctx: RequestContext, subnet_id: str, da
         raise InvalidInput("ipv6_ra_mode or ipv6_address_mode cannot be set when enable_dhcp is set to False")
     standard.bump(conn, subnets, subnet_id, values)
     standard.emit(conn, "subnet", subnet_id, "update", network_id=row.network_id)
+    if "enable_dhcp" in values:
+        dhcp.reconcile_network(conn, core, row.network_id)
 
 
 def delete_(core: Core, conn: Connection, ctx: RequestContext, subnet_id: str, if_match: str | None) -> None:
@@ -191,6 +194,7 @@ def delete_(core: Core, conn: Connection, ctx: RequestContext, subnet_id: str, i
     conn.execute(delete(subnets).where(subnets.c.id == subnet_id))
     standard.bump(conn, networks, row.network_id)
     standard.emit(conn, "subnet", subnet_id, "delete", network_id=row.network_id)
+    dhcp.reconcile_network(conn, core, row.network_id)
 
 
 def view(conn: Connection, rows: Sequence[Any], ctx: RequestContext) -> list[dict[str, Any]]:

@@ -1,0 +1,115 @@
+"""Agents: registration and heartbeats from hosts, liveness, and their admin API view."""
+
+from __future__ import annotations
+
+import datetime as dt
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Any
+
+from sqlalchemy import Connection, delete, insert, select, true
+from sqlalchemy import update as sql_update
+
+from neutrino.context import RequestContext
+from neutrino.db.schema import agents
+from neutrino.errors import MethodNotAllowed, PolicyNotAuthorized, not_found
+from neutrino.services import standard
+from neutrino.services.core import Core
+
+BINARY = "neutrino-agent"
+
+
+class AgentType(StrEnum):
+    DHCP = "DHCP agent"
+    L2 = "Linux bridge agent"
+
+
+TOPICS = {AgentType.DHCP: "dhcp_agent", AgentType.L2: "N/A"}
+
+
+@dataclass(frozen=True, slots=True)
+class AgentReport:
+    """What a host's agent says about itself on every heartbeat."""
+    host: str
+    agent_type: AgentType
+    configurations: dict[str, Any]
+    availability_zone: str | None = "nova"
+    start_flag: bool = False  # the agent (re)started: started_at moves
+
+
+def scope(ctx: RequestContext) -> Any:
+    if not ctx.is_admin:
+        raise PolicyNotAuthorized("rule:get_agent")
+    return true()
+
+
+def fetch(conn: Connection, ctx: RequestContext, agent_id: str) -> Any:
+    scope(ctx)
+    row = conn.execute(select(agents).where(agents.c.id == agent_id)).first()
+    if row is None:
+        raise not_found("Agent", agent_id)
+    return row
+
+
+def report(conn: Connection, rep: AgentReport) -> tuple[str, bool]:
+    """Insert or refresh an agent row; returns its id and whether it is new."""
+    now = standard.now()
+    row = conn.execute(select(agents.c.id).where(agents.c.host == rep.host,
+                                                 agents.c.agent_type == rep.agent_type.value)).first()
+    if row is None:
+        agent_id = str(uuid.uuid4())
+        conn.execute(insert(agents).values(
+            id=agent_id, agent_type=rep.agent_type.value, binary=BINARY, topic=TOPICS[rep.agent_type],
+            host=rep.host, availability_zone=rep.availability_zone, admin_state_up=True, description="",
+            configurations=rep.configurations, created_at=now, started_at=now, heartbeat_timestamp=now))
+        standard.emit(conn, "agent", agent_id, "create", host=rep.host)
+        return agent_id, True
+    values: dict[str, Any] = {"heartbeat_timestamp": now, "configurations": rep.configurations}
+    if rep.start_flag:
+        values["started_at"] = now
+    conn.execute(sql_update(agents).where(agents.c.id == row.id).values(**values))
+    return str(row.id), False
+
+
+def is_alive(row: Any, down_after: float, now: dt.datetime | None = None) -> bool:
+    now = now or standard.now()
+    return bool((now - row.heartbeat_timestamp).total_seconds() < down_after)
+
+
+def alive_on_host(conn: Connection, core: Core, host: str, agent_type: AgentType) -> bool:
+    row = conn.execute(select(agents).where(agents.c.host == host,
+                                            agents.c.agent_type == agent_type.value)).first()
+    return row is not None and is_alive(row, core.cfg.agent.agent_down_seconds)
+
+
+def create(core: Core, conn: Connection, ctx: RequestContext, data: dict[str, Any]) -> str:
+    raise MethodNotAllowed("Agents register themselves; they cannot be created through the API.")
+
+
+def update(core: Core, conn: Connection, ctx: RequestContext, agent_id: str, data: dict[str, Any],
+           if_match: str | None) -> None:
+    fetch(conn, ctx, agent_id)
+    values = {k: data[k] for k in ("admin_state_up", "description") if k in data}
+    conn.execute(sql_update(agents).where(agents.c.id == agent_id).values(**values))
+    standard.emit(conn, "agent", agent_id, "update")
+
+
+def delete_(core: Core, conn: Connection, ctx: RequestContext, agent_id: str, if_match: str | None) -> None:
+    row = fetch(conn, ctx, agent_id)
+    conn.execute(delete(agents).where(agents.c.id == agent_id))
+    standard.emit(conn, "agent", agent_id, "delete", host=row.host)
+
+
+def make_view(down_after: float) -> Any:
+    def view(conn: Connection, rows: Sequence[Any], ctx: RequestContext) -> list[dict[str, Any]]:
+        now = standard.now()
+        return [{
+            "id": r.id, "agent_type": r.agent_type, "binary": r.binary, "topic": r.topic, "host": r.host,
+            "admin_state_up": r.admin_state_up, "alive": is_alive(r, down_after, now),
+            "availability_zone": r.availability_zone, "description": r.description,
+            "configurations": r.configurations, "created_at": r.created_at, "started_at": r.started_at,
+            "heartbeat_timestamp": r.heartbeat_timestamp, "resources_synced": None,
+        } for r in rows]
+    return view

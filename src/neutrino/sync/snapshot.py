@@ -1,0 +1,145 @@
+"""Build the complete intent one host needs (``agent.model.Snapshot``) from the database.
+
+A host needs: every network that has a port bound to it or is DHCP-scheduled to it; those networks'
+subnets and all their ports (dnsmasq serves every port of a network; VXLAN FDB entries name remote
+ports); the tunnel endpoints of the other hosts' L2 agents; and the feed revision it reflects.
+Also encodes/decodes snapshots as JSON for agents that talk to the server over HTTP.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from typing import Any
+
+from sqlalchemy import Connection, func, select, true
+
+from neutrino.agent.model import (
+    ExtraDhcpOpt,
+    FixedIp,
+    HostName,
+    HostRoute,
+    HostSpec,
+    Ipv6Mode,
+    NetworkId,
+    NetworkSpec,
+    NetworkType,
+    PortId,
+    PortSpec,
+    Snapshot,
+    SubnetId,
+    SubnetSpec,
+)
+from neutrino.db.schema import agents, changes, dhcp_bindings, ipallocations, networks, ports, subnets
+from neutrino.services.agents import AgentType, is_alive
+
+
+def current_revision(conn: Connection) -> int:
+    return int(conn.execute(select(func.coalesce(func.max(changes.c.seq), 0))).scalar_one())
+
+
+def _mode(value: str | None) -> Ipv6Mode | None:
+    return Ipv6Mode(value) if value else None
+
+
+def build(conn: Connection, host: str, down_after: float) -> Snapshot:
+    revision = current_revision(conn)
+    dhcp_nets = {r[0] for r in conn.execute(
+        select(dhcp_bindings.c.network_id).join(agents, agents.c.id == dhcp_bindings.c.agent_id)
+        .where(agents.c.host == host, agents.c.agent_type == AgentType.DHCP.value,
+               agents.c.admin_state_up == true()))}
+    bound_nets = {r[0] for r in conn.execute(select(ports.c.network_id).where(ports.c.binding_host_id == host)
+                                             .distinct())}
+    net_ids = sorted(dhcp_nets | bound_nets)
+    nets: dict[NetworkId, NetworkSpec] = {}
+    subs: dict[SubnetId, SubnetSpec] = {}
+    prts: dict[PortId, PortSpec] = {}
+    if net_ids:
+        for n in conn.execute(select(networks).where(networks.c.id.in_(net_ids))):
+            nets[NetworkId(n.id)] = NetworkSpec(
+                id=NetworkId(n.id), network_type=NetworkType(n.network_type),
+                segmentation_id=n.segmentation_id or None, physical_network=n.physical_network or None,
+                mtu=n.mtu, admin_state_up=n.admin_state_up)
+        for s in conn.execute(select(subnets).where(subnets.c.network_id.in_(net_ids))):
+            subs[SubnetId(s.id)] = SubnetSpec(
+                id=SubnetId(s.id), network_id=NetworkId(s.network_id), cidr=ipaddress.ip_network(s.cidr),
+                gateway_ip=ipaddress.ip_address(s.gateway_ip) if s.gateway_ip else None,
+                enable_dhcp=s.enable_dhcp,
+                dns_nameservers=tuple(ipaddress.ip_address(d) for d in s.dns_nameservers),
+                host_routes=tuple(HostRoute(ipaddress.ip_network(r["destination"]), ipaddress.ip_address(r["nexthop"]))
+                                  for r in s.host_routes),
+                ipv6_ra_mode=_mode(s.ipv6_ra_mode), ipv6_address_mode=_mode(s.ipv6_address_mode))
+        ips: dict[str, list[FixedIp]] = {}
+        for pid, sid, ip in conn.execute(
+                select(ipallocations.c.port_id, ipallocations.c.subnet_id, ipallocations.c.ip_address)
+                .where(ipallocations.c.network_id.in_(net_ids))
+                .order_by(ipallocations.c.port_id, ipallocations.c.position)):
+            ips.setdefault(pid, []).append(FixedIp(SubnetId(sid), ipaddress.ip_address(ip)))
+        for p in conn.execute(select(ports).where(ports.c.network_id.in_(net_ids))):
+            prts[PortId(p.id)] = PortSpec(
+                id=PortId(p.id), network_id=NetworkId(p.network_id), mac_address=p.mac_address,
+                fixed_ips=tuple(ips.get(p.id, ())), device_owner=p.device_owner, device_id=p.device_id,
+                host=HostName(p.binding_host_id) if p.binding_host_id else None, admin_state_up=p.admin_state_up,
+                extra_dhcp_opts=tuple(ExtraDhcpOpt(o["opt_name"], o["opt_value"], int(o.get("ip_version", 4)))
+                                      for o in p.extra_dhcp_opts),
+                dns_name=p.dns_name)
+    hosts: dict[HostName, HostSpec] = {}
+    for a in conn.execute(select(agents).where(agents.c.agent_type == AgentType.L2.value)):
+        tunnel = (a.configurations or {}).get("tunneling_ip")
+        if tunnel and is_alive(a, down_after):
+            hosts[HostName(a.host)] = HostSpec(HostName(a.host), ipaddress.ip_address(tunnel))
+    return Snapshot(revision=revision, networks=nets, subnets=subs, ports=prts,
+                    dhcp_networks=frozenset(NetworkId(n) for n in dhcp_nets), hosts=hosts)
+
+
+# -- JSON wire form (server -> remote agents) ---------------------------------------------------------
+def to_json(snap: Snapshot) -> dict[str, Any]:
+    return {
+        "revision": snap.revision,
+        "networks": [{"id": n.id, "network_type": n.network_type.value, "segmentation_id": n.segmentation_id,
+                      "physical_network": n.physical_network, "mtu": n.mtu, "admin_state_up": n.admin_state_up}
+                     for n in snap.networks.values()],
+        "subnets": [{"id": s.id, "network_id": s.network_id, "cidr": str(s.cidr),
+                     "gateway_ip": str(s.gateway_ip) if s.gateway_ip else None, "enable_dhcp": s.enable_dhcp,
+                     "dns_nameservers": [str(d) for d in s.dns_nameservers],
+                     "host_routes": [{"destination": str(r.destination), "nexthop": str(r.nexthop)}
+                                     for r in s.host_routes],
+                     "ipv6_ra_mode": s.ipv6_ra_mode, "ipv6_address_mode": s.ipv6_address_mode}
+                    for s in snap.subnets.values()],
+        "ports": [{"id": p.id, "network_id": p.network_id, "mac_address": p.mac_address,
+                   "fixed_ips": [{"subnet_id": f.subnet_id, "ip_address": str(f.ip_address)} for f in p.fixed_ips],
+                   "device_owner": p.device_owner, "device_id": p.device_id, "host": p.host,
+                   "admin_state_up": p.admin_state_up, "dns_name": p.dns_name,
+                   "extra_dhcp_opts": [{"opt_name": o.opt_name, "opt_value": o.opt_value, "ip_version": o.ip_version}
+                                       for o in p.extra_dhcp_opts]}
+                  for p in snap.ports.values()],
+        "dhcp_networks": sorted(snap.dhcp_networks),
+        "hosts": [{"name": h.name, "tunnel_ip": str(h.tunnel_ip)} for h in snap.hosts.values()],
+    }
+
+
+def from_json(data: dict[str, Any]) -> Snapshot:
+    ip, net = ipaddress.ip_address, ipaddress.ip_network
+    return Snapshot(
+        revision=int(data["revision"]),
+        networks={NetworkId(n["id"]): NetworkSpec(
+            id=NetworkId(n["id"]), network_type=NetworkType(n["network_type"]),
+            segmentation_id=n["segmentation_id"], physical_network=n["physical_network"], mtu=n["mtu"],
+            admin_state_up=n["admin_state_up"]) for n in data["networks"]},
+        subnets={SubnetId(s["id"]): SubnetSpec(
+            id=SubnetId(s["id"]), network_id=NetworkId(s["network_id"]), cidr=net(s["cidr"]),
+            gateway_ip=ip(s["gateway_ip"]) if s["gateway_ip"] else None, enable_dhcp=s["enable_dhcp"],
+            dns_nameservers=tuple(ip(d) for d in s["dns_nameservers"]),
+            host_routes=tuple(HostRoute(net(r["destination"]), ip(r["nexthop"])) for r in s["host_routes"]),
+            ipv6_ra_mode=_mode(s["ipv6_ra_mode"]), ipv6_address_mode=_mode(s["ipv6_address_mode"]))
+            for s in data["subnets"]},
+        ports={PortId(p["id"]): PortSpec(
+            id=PortId(p["id"]), network_id=NetworkId(p["network_id"]), mac_address=p["mac_address"],
+            fixed_ips=tuple(FixedIp(SubnetId(f["subnet_id"]), ip(f["ip_address"])) for f in p["fixed_ips"]),
+            device_owner=p["device_owner"], device_id=p["device_id"],
+            host=HostName(p["host"]) if p["host"] else None, admin_state_up=p["admin_state_up"],
+            extra_dhcp_opts=tuple(ExtraDhcpOpt(o["opt_name"], o["opt_value"], o["ip_version"])
+                                  for o in p["extra_dhcp_opts"]), dns_name=p["dns_name"])
+            for p in data["ports"]},
+        dhcp_networks=frozenset(NetworkId(n) for n in data["dhcp_networks"]),
+        hosts={HostName(h["name"]): HostSpec(HostName(h["name"]), ip(h["tunnel_ip"])) for h in data["hosts"]},
+    )
