@@ -1,0 +1,107 @@
+"""Where an agent gets its intent from and reports back to: the server, in-process or over HTTP.
+
+Both implement ``IntentSource``; the agent loop cannot tell them apart. ``LocalSource`` calls the API's
+own functions (``neutrino up``); ``HttpSource`` speaks ``/agent-api/v1`` with an admin token (a remote
+``neutrino agent``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any, Protocol
+
+import httpx
+
+from neutrino.agent.model import Snapshot
+from neutrino.services.agents import AgentReport, AgentType
+from neutrino.services.ports import set_status
+from neutrino.sync import snapshot
+
+if TYPE_CHECKING:
+    from neutrino.api.app import Api
+
+
+class IntentSource(Protocol):
+    async def report(self, rep: AgentReport) -> str: ...
+    async def wait(self, after: int, timeout: float) -> int: ...
+    async def snapshot(self, host: str) -> Snapshot: ...
+    async def port_status(self, host: str, active: list[str], down: list[str]) -> None: ...
+    async def aclose(self) -> None: ...
+
+
+class LocalSource:
+    """The in-process server (``neutrino up``)."""
+
+    def __init__(self, api: Api) -> None:
+        self.api = api
+
+    async def report(self, rep: AgentReport) -> str:
+        result: str = await self.api.write(lambda conn: self.api.agent_report(conn, rep))
+        return result
+
+    async def wait(self, after: int, timeout: float) -> int:
+        return await self.api.feed.wait(after, timeout)
+
+    async def snapshot(self, host: str) -> Snapshot:
+        down_after = self.api.cfg.agent.agent_down_seconds
+        result: Snapshot = await self.api.read(lambda conn: snapshot.build(conn, host, down_after))
+        return result
+
+    async def port_status(self, host: str, active: list[str], down: list[str]) -> None:
+        await self.api.write(lambda conn: set_status(conn, host, active, down))
+
+    async def aclose(self) -> None:
+        return None
+
+
+async def password_token(auth_url: str, user: str, password: str, project: str) -> str:
+    """A project-scoped token from Keystone v3 password auth (builtin identity or a real Keystone)."""
+    body = {"auth": {"identity": {"methods": ["password"], "password": {"user": {
+        "name": user, "domain": {"name": "Default"}, "password": password}}},
+        "scope": {"project": {"name": project, "domain": {"name": "Default"}}}}}
+    async with httpx.AsyncClient(timeout=30) as client:
+        resp = await client.post(f"{auth_url.rstrip('/')}/auth/tokens", json=body)
+        resp.raise_for_status()
+        return resp.headers["X-Subject-Token"]
+
+
+class HttpSource:
+    """A remote server; ``get_token`` returns a valid admin token and is asked again after a 401."""
+
+    def __init__(self, url: str, get_token: Callable[[], Awaitable[str]]) -> None:
+        self.client = httpx.AsyncClient(base_url=url.rstrip("/"), timeout=70)
+        self.get_token = get_token
+        self.token = ""
+
+    async def _json(self, method: str, path: str, **kw: Any) -> Any:
+        for attempt in range(2):
+            if not self.token:
+                self.token = await self.get_token()
+            resp = await self.client.request(method, path, headers={"X-Auth-Token": self.token}, **kw)
+            if resp.status_code == 401 and attempt == 0:
+                self.token = ""
+                continue
+            resp.raise_for_status()
+            return resp.json()
+        raise AssertionError("unreachable")
+
+    async def report(self, rep: AgentReport) -> str:
+        body = {"host": rep.host, "agent_type": rep.agent_type.value, "configurations": rep.configurations,
+                "start_flag": rep.start_flag}
+        return str((await self._json("POST", "/agent-api/v1/report", json=body))["id"])
+
+    async def wait(self, after: int, timeout: float) -> int:
+        data = await self._json("GET", "/agent-api/v1/wait", params={"after": after, "timeout": timeout})
+        return int(data["revision"])
+
+    async def snapshot(self, host: str) -> Snapshot:
+        return snapshot.from_json(await self._json("GET", "/agent-api/v1/snapshot", params={"host": host}))
+
+    async def port_status(self, host: str, active: list[str], down: list[str]) -> None:
+        await self._json("POST", "/agent-api/v1/port-status", json={"host": host, "active": active, "down": down})
+
+    async def aclose(self) -> None:
+        await self.client.aclose()
+
+
+__all__ = ["AgentType", "HttpSource", "IntentSource", "LocalSource"]
