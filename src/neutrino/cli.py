@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import json
 import os
+import signal
 import sys
 import urllib.error
 import urllib.request
@@ -61,6 +62,12 @@ def parser() -> argparse.ArgumentParser:
     _common(status)
     status.add_argument("--json", action="store_true", help="machine-readable output")
 
+    agent = sub.add_parser("agent", help="run only this host's agent, against a remote server",
+                           description="Run the host agent: it registers with the server at agent.server_url "
+                                       "(NEUTRINO_AGENT__SERVER_URL), watches its change feed and makes this "
+                                       "host's bridges, VXLAN, namespaces and dnsmasq match the intent.")
+    _common(agent)
+
     db = sub.add_parser("db-upgrade", help="create or migrate the database to the current schema")
     _common(db)
 
@@ -83,8 +90,15 @@ def _load(args: argparse.Namespace) -> config.Config:
     return cfg
 
 
+def _stop_on_signals(stop: asyncio.Event) -> None:
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+
+
 def cmd_up(args: argparse.Namespace, cfg: config.Config, *, with_agent: bool) -> int:
     from neutrino import server
+    from neutrino.agent import runtime
 
     logs.setup(cfg.log.level, cfg.log.format)
     app, db, _identity = server.build(cfg)
@@ -93,13 +107,41 @@ def cmd_up(args: argparse.Namespace, cfg: config.Config, *, with_agent: bool) ->
         print(f"clouds.yaml: cloud 'neutrino' written to {path}", file=sys.stderr)
     pid_file = Path(cfg.state_dir) / "neutrino.pid"
     pid_file.write_text(f"{os.getpid()}\n{cfg.public_url}\n")
+
+    async def main() -> None:
+        stop = asyncio.Event()
+        _stop_on_signals(stop)
+        tasks = [asyncio.create_task(server.serve(cfg, app, stop))]
+        if with_agent:
+            agent = runtime.build(cfg, app.state.api)
+            tasks.append(asyncio.create_task(runtime.run(agent, stop)))
+        done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
+        stop.set()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        for task in done:
+            if task.exception() is not None:
+                raise task.exception()  # type: ignore[misc]
+
     try:
-        asyncio.run(server.serve(cfg, app))
-    except KeyboardInterrupt:
-        pass
+        asyncio.run(main())
     finally:
         pid_file.unlink(missing_ok=True)
         db.dispose()
+    return 0
+
+
+def cmd_agent(cfg: config.Config) -> int:
+    from neutrino.agent import runtime
+
+    logs.setup(cfg.log.level, cfg.log.format)
+    agent = runtime.build(cfg)
+
+    async def main() -> None:
+        stop = asyncio.Event()
+        _stop_on_signals(stop)
+        await runtime.run(agent, stop)
+
+    asyncio.run(main())
     return 0
 
 
@@ -151,6 +193,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "server":
             args.clouds_yaml = ""
             return cmd_up(args, cfg, with_agent=False)
+        if args.command == "agent":
+            return cmd_agent(cfg)
         if args.command == "status":
             return cmd_status(args, cfg)
         if args.command == "db-upgrade":

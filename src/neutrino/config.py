@@ -93,6 +93,11 @@ class AgentConfig:
     heartbeat_seconds: float = 10.0
     agent_down_seconds: float = 75.0
     server_url: str = ""  # empty in `neutrino up`: the in-process server
+    # A remote agent authenticates with these (an admin of the server's identity service).
+    auth_url: str = ""  # empty: <server_url>/identity/v3
+    username: str = "admin"
+    password: str = ""
+    project: str = "admin"
 
 
 @dataclass(slots=True)

@@ -71,14 +71,16 @@ def write_clouds_yaml(cfg: Config, path: Path, name: str = "neutrino") -> Path:
     return path
 
 
-async def serve(cfg: Config, app: Starlette, *, ready: asyncio.Event | None = None) -> None:
+async def serve(cfg: Config, app: Starlette, stop: asyncio.Event) -> None:
+    """Serve until ``stop`` is set (uvicorn's own signal handling is off: the caller owns signals)."""
     config = uvicorn.Config(app, host=cfg.api.host, port=cfg.api.port, log_config=None, access_log=False,
                             loop="none", http="httptools", lifespan="off", timeout_keep_alive=30)
     server = uvicorn.Server(config)
+    server.install_signal_handlers = lambda: None  # type: ignore[method-assign]
     task = asyncio.create_task(server.serve())
-    while not server.started and not task.done():
-        await asyncio.sleep(0.01)
-    if ready is not None:
-        ready.set()
     log.info("API listening on %s", cfg.public_url)
+    stopper = asyncio.create_task(stop.wait())
+    await asyncio.wait({task, stopper}, return_when=asyncio.FIRST_COMPLETED)
+    server.should_exit = True
+    stopper.cancel()
     await task

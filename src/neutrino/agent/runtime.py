@@ -1,0 +1,69 @@
+"""Start an agent: in-process next to the API server (``neutrino up``) or alone (``neutrino agent``)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from neutrino.agent.loop import Agent, AgentSettings, Driver
+from neutrino.agent.source import HttpSource, IntentSource, LocalSource, password_token
+from neutrino.config import Config
+
+if TYPE_CHECKING:
+    from neutrino.api.app import Api
+
+log = logging.getLogger("neutrino.agent")
+
+
+def default_tunnel_ip() -> str:
+    """The source address this host would use to reach the outside: its VXLAN endpoint by default."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        try:
+            s.connect(("192.0.2.1", 9))  # TEST-NET address: nothing is sent for a UDP connect
+            return str(s.getsockname()[0])
+        except OSError:
+            return "127.0.0.1"
+
+
+def settings(cfg: Config) -> AgentSettings:
+    return AgentSettings(
+        host=cfg.agent.host or socket.gethostname(),
+        tunnel_ip=cfg.agent.local_ip or default_tunnel_ip(),
+        interface_mappings=dict(cfg.agent.physical_interface_mappings),
+        state_dir=Path(cfg.state_dir).resolve() / "agent",
+        heartbeat_seconds=cfg.agent.heartbeat_seconds,
+    )
+
+
+def drivers(cfg: Config, s: AgentSettings) -> list[Driver]:
+    from neutrino.agent.drivers import build_drivers
+
+    return build_drivers(cfg, s)
+
+
+def build(cfg: Config, api: Api | None = None) -> Agent:
+    s = settings(cfg)
+    source: IntentSource
+    if api is not None:
+        source = LocalSource(api)
+    else:
+        if not cfg.agent.server_url:
+            raise ValueError("agent.server_url is required for a stand-alone agent")
+        auth_url = cfg.agent.auth_url or cfg.agent.server_url.rstrip("/") + "/identity/v3"
+
+        async def token() -> str:
+            return await password_token(auth_url, cfg.agent.username, cfg.agent.password, cfg.agent.project)
+
+        source = HttpSource(cfg.agent.server_url, token)
+    return Agent(source, s, drivers(cfg, s))
+
+
+async def run(agent: Agent, stop: asyncio.Event) -> None:
+    log.info("agent for host %s (tunnel %s) starting", agent.settings.host, agent.settings.tunnel_ip)
+    try:
+        await agent.run(stop)
+    finally:
+        await agent.source.aclose()
