@@ -140,19 +140,26 @@ def server(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFact
         srv.stop()
 
 
+def connect(server: Server, user: str, password: str, project: str) -> openstack.connection.Connection:
+    return openstack.connection.Connection(
+        auth={"auth_url": f"{server.url}/identity/v3", "username": user, "password": password,
+              "project_name": project, "user_domain_name": "Default", "project_domain_name": "Default"},
+        region_name="RegionOne", identity_api_version="3")
+
+
 @pytest.fixture(scope="session")
 def admin(server: Server) -> openstack.connection.Connection:
-    return openstack.connect(cloud="neutrino", config=openstack.config.OpenStackConfig(
-        config_files=[str(server.clouds_yaml)]).get_one(cloud="neutrino"))
+    return connect(server, "admin", "secret", "admin")
 
 
 @dataclass
 class Cli:
     server: Server
 
-    def __call__(self, *args: str, check: bool = True, cloud: str = "neutrino") -> Any:
+    def __call__(self, *args: str, check: bool = True, cloud: str = "neutrino", fmt: bool = True) -> Any:
         env = dict(self.server.env, OS_CLIENT_CONFIG_FILE=str(self.server.clouds_yaml))
-        proc = subprocess.run([str(VENV_BIN / "openstack"), "--os-cloud", cloud, *args, "-f", "json"],
+        proc = subprocess.run([str(VENV_BIN / "openstack"), "--os-cloud", cloud, *args,
+                               *(["-f", "json"] if fmt else [])],
                               env=env, capture_output=True, text=True, timeout=120)
         if check and proc.returncode != 0:
             raise AssertionError(f"openstack {' '.join(args)} failed: {proc.stderr}")
@@ -190,7 +197,4 @@ def member_connection(server: Server, admin: openstack.connection.Connection, na
                                       default_project_id=project.id)
     role_obj = next(r for r in admin.identity.roles() if r.name == role)
     admin.identity.assign_project_role_to_user(project, user, role_obj)
-    return openstack.connection.Connection(
-        auth={"auth_url": f"{server.url}/identity/v3", "username": name, "password": "pw-" + name,
-              "project_name": name, "user_domain_name": "Default", "project_domain_name": "Default"},
-        region_name="RegionOne", identity_api_version="3")
+    return connect(server, name, "pw-" + name, name)

@@ -21,7 +21,8 @@ def test_network_subnet_port_lifecycle_with_cli(cli: Cli) -> None:
     assert net["id"] in {n["ID"] for n in listed}
 
     subnet = cli("subnet", "create", name("sub"), "--network", net_name, "--subnet-range", "192.0.2.0/24",
-                 "--dns-nameserver", "192.0.2.53", "--allocation-pool", "start=192.0.2.10,end=192.0.2.20")
+                 "--dns-nameserver", "192.0.2.53", "--allocation-pool", "start=192.0.2.10,end=192.0.2.20",
+                 "--no-dhcp")
     assert subnet["cidr"] == "192.0.2.0/24" and subnet["gateway_ip"] == "192.0.2.1"
     assert subnet["allocation_pools"] == [{"start": "192.0.2.10", "end": "192.0.2.20"}]
     assert subnet["dns_nameservers"] == ["192.0.2.53"]
@@ -38,13 +39,13 @@ def test_network_subnet_port_lifecycle_with_cli(cli: Cli) -> None:
     assert shown["id"] == port["id"] and shown["status"] == "DOWN"
 
     # The network has ports: deleting it must fail and change nothing.
-    failed = cli("network", "delete", net_name, check=False)
+    failed = cli("network", "delete", net_name, check=False, fmt=False)
     assert failed.returncode != 0
     assert cli("network", "show", net["id"])["id"] == net["id"]
 
-    cli("port", "delete", port["id"], auto["id"])
-    cli("subnet", "delete", subnet["id"])
-    cli("network", "delete", net_name)
+    cli("port", "delete", port["id"], auto["id"], fmt=False)
+    cli("subnet", "delete", subnet["id"], fmt=False)
+    cli("network", "delete", net_name, fmt=False)
     assert net["id"] not in {n["ID"] for n in cli("network", "list")}
 
 
@@ -54,9 +55,9 @@ def test_cli_tags_and_filters(cli: Cli) -> None:
     found = cli("network", "list", "--tags", "red,blue")
     assert [n["ID"] for n in found] == [net["id"]]
     assert net["id"] not in {n["ID"] for n in cli("network", "list", "--not-tags", "red")}
-    cli("network", "unset", "--tag", "red", net["id"])
+    cli("network", "unset", "--tag", "red", net["id"], fmt=False)
     assert cli("network", "show", net["id"])["tags"] == ["blue"]
-    cli("network", "delete", net["id"])
+    cli("network", "delete", net["id"], fmt=False)
 
 
 def test_cli_extensions_and_quota(cli: Cli) -> None:
