@@ -81,9 +81,9 @@ def keystone() -> Iterator[Keystone]:
     subprocess.run([*manage, "bootstrap", "--bootstrap-password", "ks-admin", "--bootstrap-admin-url", url,
                     "--bootstrap-public-url", url, "--bootstrap-internal-url", url,
                     "--bootstrap-region-id", "RegionOne"], **quiet)  # type: ignore[call-overload]
-    serve = ("import os; os.environ['OS_KEYSTONE_CONFIG_FILES'] = %r; "
+    serve = (f"import os; os.environ['OS_KEYSTONE_CONFIG_FILES'] = {str(conf)!r}; "
              "from keystone.wsgi.api import application; from werkzeug.serving import run_simple; "
-             "run_simple('127.0.0.1', %d, application, threaded=True)") % (str(conf), port)
+             f"run_simple('127.0.0.1', {port}, application, threaded=True)")
     log = open(work / "server.log", "wb")  # noqa: SIM115
     proc = subprocess.Popen([str(KEYSTONE_VENV / "bin" / "python"), "-c", serve], stdout=log, stderr=log)
     ks = Keystone(url, "ks-admin", proc)
