@@ -1,1 +1,156 @@
-"""(contract documented as the package grows)"""
+"""Throwaway hosts: several neutrino hosts on one machine, for tests and the multi-host lab.
+
+A host is a network namespace (``nt<id>-<name>``) plus a private mount namespace in which
+``/run/netns`` is a fresh tmpfs, so the ``qdhcp-…`` and ``lab-…`` namespaces its agent creates are
+invisible to the machine and to other hosts, and keep Neutron's names. A small holder process
+(``sleep``) keeps both namespaces alive; anything runs "inside the host" through ``nsenter`` on the
+holder. Hosts reach each other over an underlay: a bridge in its own namespace (``nt<id>-ul``), one veth
+per host, addresses from 198.18.0.0/24 (the benchmarking range, never routed anywhere).
+
+``destroy()`` kills every process in the host and its nested namespaces, then removes the namespaces:
+links die with them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ipaddress
+import os
+import signal
+import subprocess
+import time
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+UNDERLAY = ipaddress.ip_network("198.18.0.0/24")
+
+
+def _ip(*args: str, ns: str | None = None) -> None:
+    cmd = ["ip", *(["-n", ns] if ns else []), *args]
+    subprocess.run(cmd, check=True, capture_output=True)
+
+
+def _ns_inode(path: str) -> int | None:
+    try:
+        return os.stat(path).st_ino
+    except OSError:
+        return None
+
+
+@dataclass
+class Underlay:
+    prefix: str
+    hosts: list[Host] = field(default_factory=list)
+
+    @property
+    def namespace(self) -> str:
+        return f"{self.prefix}-ul"
+
+    @classmethod
+    def create(cls) -> Underlay:
+        ul = cls(prefix=f"nt{uuid.uuid4().hex[:6]}")
+        _ip("netns", "add", ul.namespace)
+        _ip("link", "add", "ul0", "type", "bridge", ns=ul.namespace)
+        _ip("link", "set", "ul0", "up", ns=ul.namespace)
+        return ul
+
+    def add_host(self, name: str) -> Host:
+        address = ipaddress.ip_interface(f"{UNDERLAY[len(self.hosts) + 1]}/{UNDERLAY.prefixlen}")
+        host = Host.create(f"{self.prefix}-{name}", name, self, address)
+        self.hosts.append(host)
+        return host
+
+    def destroy(self) -> None:
+        for host in self.hosts:
+            host.destroy()
+        self.hosts.clear()
+        subprocess.run(["ip", "netns", "del", self.namespace], check=False, capture_output=True)
+
+
+@dataclass
+class Host:
+    namespace: str                       # the host's network namespace in the machine's /run/netns
+    name: str                            # the agent's host name
+    underlay: Underlay
+    address: ipaddress.IPv4Interface     # underlay address = VXLAN tunnel endpoint
+    holder: subprocess.Popen[bytes] | None = None
+
+    @classmethod
+    def create(cls, namespace: str, name: str, underlay: Underlay, address: ipaddress.IPv4Interface) -> Host:
+        host = cls(namespace, name, underlay, address)
+        _ip("netns", "add", namespace)
+        try:
+            uplink = f"u-{name}"[:15]
+            _ip("link", "add", uplink, "type", "veth", "peer", "name", "eth0", ns=underlay.namespace)
+            _ip("link", "set", "eth0", "netns", namespace, ns=underlay.namespace)
+            _ip("link", "set", uplink, "master", "ul0", "up", ns=underlay.namespace)
+            _ip("addr", "add", str(address), "dev", "eth0", ns=namespace)
+            _ip("link", "set", "eth0", "up", ns=namespace)
+            _ip("link", "set", "lo", "up", ns=namespace)
+            # The holder: a private mount namespace with its own /run/netns, inside the host's netns.
+            host.holder = subprocess.Popen(
+                ["unshare", "--mount", "--propagation", "private", "--", "nsenter", f"--net=/run/netns/{namespace}",
+                 "--", "sh", "-c", "mount -t tmpfs -o size=4m,mode=755 tmpfs /run/netns && echo ready && "
+                                   "exec sleep infinity"], stdout=subprocess.PIPE)
+            assert host.holder.stdout is not None
+            if host.holder.stdout.readline().strip() != b"ready":
+                raise RuntimeError(f"host {name}: holder did not start")
+        except Exception:
+            host.destroy()
+            raise
+        return host
+
+    @property
+    def pid(self) -> int:
+        assert self.holder is not None
+        return self.holder.pid
+
+    def enter(self) -> list[str]:
+        """argv prefix that runs a command inside this host."""
+        return ["nsenter", "-t", str(self.pid), "-m", "-n", "--"]
+
+    def run(self, argv: Sequence[str], **kw: object) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([*self.enter(), *argv], capture_output=True, text=True, **kw)  # type: ignore[call-overload]
+
+    def popen(self, argv: Sequence[str], **kw: object) -> subprocess.Popen[bytes]:
+        return subprocess.Popen([*self.enter(), *argv], **kw)  # type: ignore[call-overload]
+
+    def nested_namespaces(self) -> list[str]:
+        if self.holder is None or self.holder.poll() is not None:
+            return []
+        with contextlib.suppress(OSError):
+            return sorted(os.listdir(f"/proc/{self.pid}/root/run/netns"))
+        return []
+
+    def _inodes(self) -> set[int]:
+        paths = [f"/run/netns/{self.namespace}"]
+        paths += [f"/proc/{self.pid}/root/run/netns/{n}" for n in self.nested_namespaces()]
+        return {i for i in (_ns_inode(p) for p in paths) if i is not None}
+
+    def processes(self) -> list[int]:
+        """Every process whose network namespace is this host's or one nested in it."""
+        inodes = self._inodes()
+        found = []
+        for entry in Path("/proc").iterdir():
+            if not entry.name.isdigit() or (self.holder is not None and int(entry.name) == self.pid):
+                continue
+            ino = _ns_inode(f"/proc/{entry.name}/ns/net")
+            if ino in inodes:
+                found.append(int(entry.name))
+        return found
+
+    def destroy(self) -> None:
+        if self.holder is not None and self.holder.poll() is None:
+            for _ in range(50):
+                pids = self.processes()
+                if not pids:
+                    break
+                for pid in pids:
+                    with contextlib.suppress(ProcessLookupError):
+                        os.kill(pid, signal.SIGKILL)
+                time.sleep(0.02)
+            self.holder.kill()
+            self.holder.wait()
+        subprocess.run(["ip", "netns", "del", self.namespace], check=False, capture_output=True)

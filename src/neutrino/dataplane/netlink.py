@@ -1,0 +1,208 @@
+"""Netlink, through pyroute2: the only module of neutrino that imports it.
+
+Reads links and addresses of a network namespace as plain data, and performs the handful of changes the
+drivers need. Errors are translated into ``KernelError`` carrying the object and the namespace.
+A namespace is named by its entry in ``/run/netns`` (``None`` is the agent's own namespace).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import ipaddress
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+from pyroute2 import IPRoute, NetNS
+from pyroute2 import netns as pr_netns
+from pyroute2.netlink.exceptions import NetlinkError
+
+from neutrino.errors import KernelError
+
+NETNS_DIR = "/run/netns"
+
+
+@dataclass(frozen=True, slots=True)
+class LinkState:
+    name: str
+    index: int
+    kind: str            # bridge, vxlan, veth, ... ('' for plain devices)
+    mac: str
+    mtu: int
+    up: bool
+    master: int | None   # index of the bridge it is enslaved to
+    vni: int | None = None
+    local: str | None = None
+    lower: int | None = None  # vxlan's underlying device
+
+
+@dataclass(frozen=True, slots=True)
+class AddrState:
+    link: int
+    interface: ipaddress.IPv4Interface | ipaddress.IPv6Interface
+
+
+def list_namespaces() -> list[str]:
+    try:
+        return sorted(os.listdir(NETNS_DIR))
+    except FileNotFoundError:
+        return []
+
+
+def create_namespace(name: str) -> None:
+    try:
+        pr_netns.create(name)
+    except OSError as exc:
+        if exc.errno != errno.EEXIST:
+            raise KernelError(f"cannot create namespace: {exc}", namespace=name, errno=exc.errno) from exc
+
+
+def remove_namespace(name: str) -> None:
+    try:
+        pr_netns.remove(name)
+    except OSError as exc:
+        if exc.errno != errno.ENOENT:
+            raise KernelError(f"cannot remove namespace: {exc}", namespace=name, errno=exc.errno) from exc
+
+
+@contextlib.contextmanager
+def socket(namespace: str | None = None) -> Iterator[Any]:
+    """A netlink socket in ``namespace`` (a NetNS forks once to get in; the socket then stays there)."""
+    try:
+        sock = IPRoute() if namespace is None else NetNS(namespace, flags=0)
+    except (OSError, NetlinkError) as exc:
+        raise KernelError(f"cannot open namespace: {exc}", namespace=namespace or "") from exc
+    try:
+        yield sock
+    finally:
+        sock.close()
+
+
+def _attr(msg: Any, name: str) -> Any:
+    return msg.get_attr(name)
+
+
+def links(sock: Any) -> list[LinkState]:
+    out = []
+    for msg in sock.get_links():
+        info = _attr(msg, "IFLA_LINKINFO")
+        kind = info.get_attr("IFLA_INFO_KIND") if info else None
+        vni = local = lower = None
+        if kind == "vxlan":
+            data = info.get_attr("IFLA_INFO_DATA")
+            vni = data.get_attr("IFLA_VXLAN_ID")
+            local = data.get_attr("IFLA_VXLAN_LOCAL")
+            lower = data.get_attr("IFLA_VXLAN_LINK")
+        out.append(LinkState(
+            name=_attr(msg, "IFLA_IFNAME"), index=msg["index"], kind=kind or "",
+            mac=(_attr(msg, "IFLA_ADDRESS") or "").lower(), mtu=_attr(msg, "IFLA_MTU"),
+            up=bool(msg["flags"] & 1), master=_attr(msg, "IFLA_MASTER"), vni=vni, local=local, lower=lower))
+    return out
+
+
+def addresses(sock: Any) -> list[AddrState]:
+    out = []
+    for msg in sock.get_addr():
+        addr = _attr(msg, "IFA_ADDRESS")
+        if addr is None or msg["scope"] == 253:  # link-local v6 addresses are the kernel's own
+            continue
+        iface = ipaddress.ip_interface(f"{addr}/{msg['prefixlen']}")
+        if iface.version == 6 and iface.ip.is_link_local:
+            continue
+        out.append(AddrState(link=msg["index"], interface=iface))
+    return out
+
+
+def _run(what: str, obj: str, namespace: str | None, fn: Any, *args: Any, **kw: Any) -> Any:
+    try:
+        return fn(*args, **kw)
+    except NetlinkError as exc:
+        raise KernelError(f"{what} failed: {exc}", obj=obj, namespace=namespace or "", errno=exc.code) from exc
+
+
+def index(sock: Any, name: str) -> int | None:
+    found = sock.link_lookup(ifname=name)
+    return found[0] if found else None
+
+
+def add_bridge(sock: Any, name: str, mtu: int, ns: str | None = None) -> None:
+    _run("create bridge", name, ns, sock.link, "add", ifname=name, kind="bridge", mtu=mtu,
+         br_stp_state=0, br_forward_delay=0)
+
+
+def add_vxlan(sock: Any, name: str, vni: int, local: str, lower: int | None, mtu: int, ns: str | None = None) -> None:
+    kw: dict[str, Any] = {"ifname": name, "kind": "vxlan", "vxlan_id": vni, "vxlan_local": local,
+                          "vxlan_port": 4789, "vxlan_learning": 1, "mtu": mtu}
+    if lower is not None:
+        kw["vxlan_link"] = lower
+    _run("create vxlan", name, ns, sock.link, "add", **kw)
+
+
+def add_veth(sock: Any, name: str, peer: str, peer_namespace: str | None, mtu: int, ns: str | None = None) -> None:
+    """A veth pair; the peer goes straight into ``peer_namespace`` (a /run/netns name)."""
+    peer_spec: dict[str, Any] = {"ifname": peer, "mtu": mtu}
+    if peer_namespace is not None:
+        peer_spec["net_ns_fd"] = peer_namespace
+    _run("create veth", name, ns, sock.link, "add", ifname=name, kind="veth", mtu=mtu, peer=peer_spec)
+
+
+def set_link(sock: Any, name: str, ns: str | None = None, **kw: Any) -> None:
+    idx = index(sock, name)
+    if idx is None:
+        raise KernelError("no such link", obj=name, namespace=ns or "")
+    if "master" in kw and kw["master"] is None:
+        kw["master"] = 0
+    _run("set link", name, ns, sock.link, "set", index=idx, **kw)
+
+
+def delete_link(sock: Any, name: str, ns: str | None = None) -> None:
+    idx = index(sock, name)
+    if idx is not None:
+        _run("delete link", name, ns, sock.link, "del", index=idx)
+
+
+def add_address(sock: Any, link: int, iface: ipaddress.IPv4Interface | ipaddress.IPv6Interface, obj: str,
+                ns: str | None = None) -> None:
+    kw: dict[str, Any] = {"index": link, "address": str(iface.ip), "prefixlen": iface.network.prefixlen}
+    if iface.version == 4:
+        kw["broadcast"] = str(iface.network.broadcast_address)
+    else:
+        kw["flags"] = 0x02  # IFA_F_NODAD: the address is ours by allocation; do not wait for DAD
+    try:
+        sock.addr("add", **kw)
+    except NetlinkError as exc:
+        if exc.code != errno.EEXIST:
+            raise KernelError(f"add address {iface} failed: {exc}", obj=obj, namespace=ns or "",
+                              errno=exc.code) from exc
+
+
+def delete_address(sock: Any, link: int, iface: ipaddress.IPv4Interface | ipaddress.IPv6Interface, obj: str,
+                   ns: str | None = None) -> None:
+    with contextlib.suppress(NetlinkError):
+        sock.addr("del", index=link, address=str(iface.ip), prefixlen=iface.network.prefixlen)
+
+
+def replace_default_route(sock: Any, gateway: str, version: int, obj: str, ns: str | None = None) -> None:
+    dst = "0.0.0.0/0" if version == 4 else "::/0"
+    _run("set default route", obj, ns, sock.route, "replace", dst=dst, gateway=gateway)
+
+
+def fdb_entries(sock: Any, link: int) -> set[tuple[str, str]]:
+    """(mac, dst) of a VXLAN device's forwarding entries that have a remote destination."""
+    out = set()
+    for msg in sock.fdb("dump", ifindex=link):
+        dst = msg.get_attr("NDA_DST")
+        if msg["ifindex"] == link and dst:
+            out.add((msg.get_attr("NDA_LLADDR").lower(), dst))
+    return out
+
+
+def fdb(sock: Any, op: str, link: int, mac: str, dst: str, obj: str, ns: str | None = None) -> None:
+    try:
+        sock.fdb(op, ifindex=link, lladdr=mac, dst=dst)
+    except NetlinkError as exc:
+        if not (op == "append" and exc.code == errno.EEXIST) and not (op == "del" and exc.code == errno.ENOENT):
+            raise KernelError(f"fdb {op} {mac} -> {dst} failed: {exc}", obj=obj, namespace=ns or "",
+                              errno=exc.code) from exc
