@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import faulthandler
 import json
 import os
 import signal
@@ -67,6 +68,26 @@ def parser() -> argparse.ArgumentParser:
                                        "(NEUTRINO_AGENT__SERVER_URL), watches its change feed and makes this "
                                        "host's bridges, VXLAN, namespaces and dnsmasq match the intent.")
     _common(agent)
+
+    inst = sub.add_parser("instance", help="lab instances: namespaces with a real DHCP client, wired like VMs",
+                          description="Lab instances stand in for VMs: a network namespace with a port on a "
+                                      "network, wired by this host's agent, configured by real DHCP.")
+    isub = inst.add_subparsers(dest="action", metavar="ACTION", required=True)
+    ic = isub.add_parser("create", help="create an instance on a network and wait for its address")
+    _common(ic)
+    ic.add_argument("name", help="1-11 lower-case letters, digits, '-' (namespace lab-NAME)")
+    ic.add_argument("--network", required=True, help="network name or id")
+    ic.add_argument("--fixed-ip", action="append", metavar="IP", help="ask for this address (repeatable)")
+    ic.add_argument("--wait", type=float, default=30.0, help="seconds to wait for the DHCP address (0: no wait)")
+    il = isub.add_parser("list", help="list this host's instances and their live addresses")
+    _common(il)
+    ie = isub.add_parser("exec", help="run a command inside an instance: instance exec NAME -- ping -c1 10.0.0.3")
+    _common(ie)
+    ie.add_argument("name")
+    ie.add_argument("argv", nargs=argparse.REMAINDER, metavar="-- COMMAND")
+    idel = isub.add_parser("delete", help="delete an instance and its port")
+    _common(idel)
+    idel.add_argument("name")
 
     db = sub.add_parser("db-upgrade", help="create or migrate the database to the current schema")
     _common(db)
@@ -181,6 +202,7 @@ def cmd_status(args: argparse.Namespace, cfg: config.Config) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    faulthandler.register(signal.SIGUSR1, all_threads=True)  # `kill -USR1` prints every thread's stack
     p = parser()
     args = p.parse_args(argv)
     if not args.command:
@@ -193,6 +215,9 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "server":
             args.clouds_yaml = ""
             return cmd_up(args, cfg, with_agent=False)
+        if args.command == "instance":
+            from neutrino import lab
+            return lab.main(cfg, args.action, args)
         if args.command == "agent":
             return cmd_agent(cfg)
         if args.command == "status":

@@ -26,6 +26,8 @@ class ApiConfig:
     port: int = 9696
     # Public URL put in the identity catalog and in links; empty means http://host:port.
     public_url: str = ""
+    # Also serve on this unix socket (local agents and tools; "" to disable). Relative to state_dir.
+    socket: str = "neutrino.sock"
     workers_threads: int = 32
     default_page_limit: int = 0  # 0: no implicit pagination
 

@@ -72,15 +72,23 @@ def write_clouds_yaml(cfg: Config, path: Path, name: str = "neutrino") -> Path:
 
 
 async def serve(cfg: Config, app: Starlette, stop: asyncio.Event) -> None:
-    """Serve until ``stop`` is set (uvicorn's own signal handling is off: the caller owns signals)."""
-    config = uvicorn.Config(app, host=cfg.api.host, port=cfg.api.port, log_config=None, access_log=False,
-                            loop="none", http="httptools", lifespan="off", timeout_keep_alive=30)
-    server = uvicorn.Server(config)
-    server.install_signal_handlers = lambda: None  # type: ignore[method-assign]
-    task = asyncio.create_task(server.serve())
-    log.info("API listening on %s", cfg.public_url)
+    """Serve on TCP (and the unix socket) until ``stop`` is set; the caller owns signal handling."""
+    configs = [uvicorn.Config(app, host=cfg.api.host, port=cfg.api.port, log_config=None, access_log=False,
+                              loop="none", http="httptools", lifespan="off", timeout_keep_alive=30)]
+    if cfg.api.socket:
+        path = Path(cfg.state_dir) / cfg.api.socket
+        path.unlink(missing_ok=True)
+        configs.append(uvicorn.Config(app, uds=str(path), log_config=None, access_log=False, loop="none",
+                                      http="httptools", lifespan="off", timeout_keep_alive=30))
+    servers = [uvicorn.Server(c) for c in configs]
+    for server in servers:
+        server.install_signal_handlers = lambda: None  # type: ignore[method-assign]
+    tasks = [asyncio.create_task(server.serve()) for server in servers]
+    log.info("API listening on %s%s", cfg.public_url,
+             f" and {Path(cfg.state_dir) / cfg.api.socket}" if cfg.api.socket else "")
     stopper = asyncio.create_task(stop.wait())
-    await asyncio.wait({task, stopper}, return_when=asyncio.FIRST_COMPLETED)
-    server.should_exit = True
+    await asyncio.wait({*tasks, stopper}, return_when=asyncio.FIRST_COMPLETED)
+    for server in servers:
+        server.should_exit = True
     stopper.cancel()
-    await task
+    await asyncio.gather(*tasks)

@@ -1,10 +1,75 @@
-"""The agent's drivers, in the order a pass runs them (L2 first: DHCP namespaces plug into its bridges)."""
+"""The agent's drivers, in the order a pass runs them (L2 first: dnsmasq lives in namespaces L2 plugs in)."""
 
 from __future__ import annotations
 
-from neutrino.agent.loop import AgentSettings, Driver
+import logging
+from dataclasses import dataclass, field
+
+from neutrino.agent.loop import AgentSettings, Driver, DriverResult
+from neutrino.agent.model import PortId, Snapshot
+from neutrino.compile.l2 import compile_host
+from neutrino.compile.state import HostState
 from neutrino.config import Config
+from neutrino.dataplane import l2
+from neutrino.dataplane.dnsmasq import DnsmasqSupervisor
+from neutrino.errors import KernelError
+
+log = logging.getLogger("neutrino.agent")
+
+
+@dataclass
+class HostDriver:
+    """Compile the host's state once per pass, then converge L2 and the DHCP servers to it."""
+    settings: AgentSettings
+    name: str = "host"
+    dnsmasq: DnsmasqSupervisor = field(init=False)
+    last_problems: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        self.dnsmasq = DnsmasqSupervisor(self.settings.state_dir)
+
+    def compile(self, snap: Snapshot) -> HostState:
+        s = self.settings
+        return compile_host(snap, s.host, s.tunnel_ip, s.interface_mappings)
+
+    def reconcile(self, snap: Snapshot) -> DriverResult:
+        desired = self.compile(snap)
+        if desired.problems != self.last_problems:
+            for problem in desired.problems:
+                log.warning("cannot realise: %s", problem)
+            self.last_problems = desired.problems
+        errors = []
+        observed = l2.observe(desired)
+        ops = l2.diff(desired, observed)
+        changes = 0
+        if ops:
+            try:
+                changes += l2.apply(ops)
+            except KernelError as exc:
+                errors.append(str(exc))
+            observed = l2.observe(desired)
+        wired: set[PortId] = {PortId(p) for p in l2.wired(desired, observed)}
+        changes += self._dhcp(desired, errors)
+        if errors:
+            raise KernelError("; ".join(errors))
+        return DriverResult(changes=changes, wired=frozenset(wired), stats={
+            "ports": len(desired.plugs) + len(desired.port_links), "dhcp_networks": len(desired.dhcp),
+            "dhcp_ports": sum(len(d.hosts) for d in desired.dhcp)})
+
+    def _dhcp(self, desired: HostState, errors: list[str]) -> int:
+        changes = 0
+        wanted = {d.network_id for d in desired.dhcp}
+        for spec in desired.dhcp:
+            try:
+                if self.dnsmasq.ensure(spec):
+                    changes += 1
+            except (KernelError, OSError) as exc:
+                errors.append(f"dnsmasq for {spec.network_id}: {exc}")
+        for network_id in sorted(set(self.dnsmasq.observe()) - wanted):
+            self.dnsmasq.stop(network_id)
+            changes += 1
+        return changes
 
 
 def build_drivers(cfg: Config, settings: AgentSettings) -> list[Driver]:
-    return []
+    return [HostDriver(settings)]

@@ -21,6 +21,7 @@ from neutrino.agent.source import IntentSource
 from neutrino.services.agents import AgentReport, AgentType
 
 log = logging.getLogger("neutrino.agent")
+PENDING_POLL = 0.05
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,6 +62,7 @@ class Agent:
         self.passes = 0
         self.last_error: str | None = None
         self.in_sync = asyncio.Event()
+        self.pending = False  # some of this host's ports are not wired yet (e.g. a tap still to appear)
 
     def _load_revision(self) -> int:
         try:
@@ -100,6 +102,7 @@ class Agent:
 
     async def _report_ports(self, snap: Snapshot, wired: set[PortId]) -> None:
         mine = {pid for pid, p in snap.ports.items() if p.host == self.settings.host}
+        self.pending = bool(mine - wired)
         active = sorted(p for p in mine & wired if self.reported.get(p) is not True)
         down = sorted(p for p in mine - wired if self.reported.get(p) is not False)
         if active or down:
@@ -144,12 +147,17 @@ class Agent:
                     with contextlib.suppress(Exception):
                         await self.heartbeat()
                     next_beat = now + self.settings.heartbeat_seconds
-                waiter = asyncio.create_task(self.source.wait(seen, max(0.1, next_beat - now)))
+                # While a port waits for its device (an instance's tap), look again soon; else sleep until
+                # the next change or heartbeat.
+                timeout = PENDING_POLL if self.pending else max(0.1, next_beat - now)
+                waiter = asyncio.create_task(self.source.wait(seen, timeout))
                 stopper = asyncio.create_task(stop.wait())
                 done, _ = await asyncio.wait({waiter, stopper}, return_when=asyncio.FIRST_COMPLETED)
                 stopper.cancel()
                 if waiter not in done:
                     waiter.cancel()
+                    break
+                if self.pending:
                     break
                 try:
                     if waiter.result() > seen:

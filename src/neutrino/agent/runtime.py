@@ -52,10 +52,10 @@ def build(cfg: Config, api: Api | None = None) -> Agent:
     else:
         if not cfg.agent.server_url:
             raise ValueError("agent.server_url is required for a stand-alone agent")
-        auth_url = cfg.agent.auth_url or cfg.agent.server_url.rstrip("/") + "/identity/v3"
+        base, path = (cfg.agent.auth_url, "") if cfg.agent.auth_url else (cfg.agent.server_url, "/identity/v3")
 
         async def token() -> str:
-            return await password_token(auth_url, cfg.agent.username, cfg.agent.password, cfg.agent.project)
+            return await password_token(base, path, cfg.agent.username, cfg.agent.password, cfg.agent.project)
 
         source = HttpSource(cfg.agent.server_url, token)
     return Agent(source, s, drivers(cfg, s))

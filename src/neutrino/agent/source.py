@@ -54,13 +54,22 @@ class LocalSource:
         return None
 
 
-async def password_token(auth_url: str, user: str, password: str, project: str) -> str:
-    """A project-scoped token from Keystone v3 password auth (builtin identity or a real Keystone)."""
+def client_for(url: str, timeout: float = 70) -> httpx.AsyncClient:
+    """An HTTP client for ``http(s)://…`` or ``unix:/path/to.sock`` (the server's local socket)."""
+    if url.startswith("unix:"):
+        transport = httpx.AsyncHTTPTransport(uds=url.removeprefix("unix:"))
+        return httpx.AsyncClient(transport=transport, base_url="http://neutrino", timeout=timeout)
+    return httpx.AsyncClient(base_url=url.rstrip("/"), timeout=timeout)
+
+
+async def password_token(base: str, path: str, user: str, password: str, project: str) -> str:
+    """A project-scoped token by Keystone v3 password auth at ``base`` + ``path`` + ``/auth/tokens``
+    (``base`` is an http(s) URL or ``unix:/path.sock``; ``path`` e.g. ``/identity/v3`` or "")."""
     body = {"auth": {"identity": {"methods": ["password"], "password": {"user": {
         "name": user, "domain": {"name": "Default"}, "password": password}}},
         "scope": {"project": {"name": project, "domain": {"name": "Default"}}}}}
-    async with httpx.AsyncClient(timeout=30) as client:
-        resp = await client.post(f"{auth_url.rstrip('/')}/auth/tokens", json=body)
+    async with client_for(base, 30) as client:
+        resp = await client.post(f"{path.rstrip('/')}/auth/tokens", json=body)
         resp.raise_for_status()
         return resp.headers["X-Subject-Token"]
 
@@ -69,7 +78,7 @@ class HttpSource:
     """A remote server; ``get_token`` returns a valid admin token and is asked again after a 401."""
 
     def __init__(self, url: str, get_token: Callable[[], Awaitable[str]]) -> None:
-        self.client = httpx.AsyncClient(base_url=url.rstrip("/"), timeout=70)
+        self.client = client_for(url)
         self.get_token = get_token
         self.token = ""
 

@@ -1,0 +1,143 @@
+"""Lab instances, kernel side: a namespace standing in for a VM, wired like one.
+
+An instance ``NAME`` is the namespace ``lab-NAME`` holding ``eth0`` (the port's MAC, the network's MTU),
+whose veth peer ``tap<11 of port id>`` stays on the host for the agent to plug into the network's
+bridge — as a hypervisor creates a VM's tap and Neutron's agent plugs it. Inside, a real ``dhclient``
+asks dnsmasq for the address; without DHCP the instance is configured statically from its port, as a
+user would on a console. Bookkeeping lives in ``<state>/instances/NAME/instance.json``.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import os
+import re
+import signal
+import subprocess
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from neutrino.compile.state import tap_name
+from neutrino.dataplane import netlink as nl
+from neutrino.errors import KernelError
+
+SCRIPT = Path(__file__).with_name("dhclient-script")
+NAME = re.compile(r"^[a-z0-9][a-z0-9-]{0,10}$")
+DHCLIENT_CONF = ("request subnet-mask, broadcast-address, routers, interface-mtu, domain-name-servers, "
+                 "host-name;\ninitial-interval 1;\ntimeout 30;\nretry 1;\n")
+
+
+@dataclass(frozen=True, slots=True)
+class InstanceSpec:
+    name: str
+    port_id: str
+    network_id: str
+    mac: str
+    mtu: int
+    addresses: tuple[str, ...]   # ip/prefix of the port's fixed IPs
+    gateway: str | None
+    dhcp: bool                   # at least one of its subnets has DHCP enabled
+
+    @property
+    def namespace(self) -> str:
+        return f"lab-{self.name}"
+
+
+def check_name(name: str) -> str:
+    if not NAME.match(name):
+        raise ValueError(f"instance name {name!r}: use 1-11 lower-case letters, digits or '-'")
+    return name
+
+
+class Instances:
+    def __init__(self, state_dir: Path) -> None:
+        self.root = state_dir / "instances"
+
+    def dir(self, name: str) -> Path:
+        return self.root / name
+
+    def load(self, name: str) -> InstanceSpec | None:
+        try:
+            data = json.loads((self.dir(name) / "instance.json").read_text())
+            return InstanceSpec(**{**data, "addresses": tuple(data["addresses"])})
+        except (OSError, ValueError, TypeError):
+            return None
+
+    def list(self) -> list[InstanceSpec]:
+        if not self.root.exists():
+            return []
+        return [s for s in (self.load(d.name) for d in sorted(self.root.iterdir())) if s is not None]
+
+    def create(self, spec: InstanceSpec) -> None:
+        d = self.dir(spec.name)
+        d.mkdir(parents=True, exist_ok=True)
+        (d / "instance.json").write_text(json.dumps(asdict(spec), indent=1))
+        nl.create_namespace(spec.namespace)
+        with nl.socket() as sock:
+            nl.add_veth(sock, tap_name(spec.port_id), "eth0", spec.namespace, spec.mtu)
+            nl.set_link(sock, tap_name(spec.port_id), state="up")
+        with nl.socket(spec.namespace) as sock:
+            nl.set_link(sock, "eth0", spec.namespace, address=spec.mac)
+            nl.set_link(sock, "lo", spec.namespace, state="up")
+            nl.set_link(sock, "eth0", spec.namespace, state="up")
+            if not spec.dhcp:
+                idx = nl.index(sock, "eth0")
+                assert idx is not None
+                for addr in spec.addresses:
+                    nl.add_address(sock, idx, ipaddress.ip_interface(addr), "eth0", spec.namespace)
+                if spec.gateway:
+                    nl.replace_default_route(sock, spec.gateway, ipaddress.ip_address(spec.gateway).version,
+                                             "eth0", spec.namespace)
+
+    def start_dhcp(self, spec: InstanceSpec) -> None:
+        """Start the instance's DHCP client (once its tap is plugged, so the first DISCOVER is heard)."""
+        d = self.dir(spec.name)
+        (d / "dhclient.conf").write_text(DHCLIENT_CONF)
+        argv = ["ip", "netns", "exec", spec.namespace, "dhclient", "-4", "-nw", "-cf", str(d / "dhclient.conf"),
+                "-sf", str(SCRIPT), "-pf", str(d / "dhclient.pid"), "-lf", str(d / "dhclient.leases"), "eth0"]
+        proc = subprocess.run(argv, capture_output=True, text=True, start_new_session=True, check=False)
+        if proc.returncode != 0:
+            raise KernelError(f"dhclient failed: {proc.stderr.strip()}", obj=spec.name, namespace=spec.namespace)
+
+    def exec(self, name: str, argv: list[str], **kw: object) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(["ip", "netns", "exec", f"lab-{check_name(name)}", *argv], text=True,
+                              check=False, **kw)  # type: ignore[call-overload]
+
+    def address(self, name: str) -> list[str]:
+        """The instance's global IPv4/IPv6 addresses, as ``ip/prefix``."""
+        with nl.socket(f"lab-{name}") as sock:
+            idx = nl.index(sock, "eth0")
+            return sorted(str(a.interface) for a in nl.addresses(sock) if a.link == idx)
+
+    def wait_for_address(self, name: str, ip: str, timeout: float = 30.0) -> float:
+        """Poll until ``ip`` is on the instance's eth0; returns seconds waited."""
+        start = time.monotonic()
+        while True:
+            if any(a.split("/")[0] == ip for a in self.address(name)):
+                return time.monotonic() - start
+            if time.monotonic() - start > timeout:
+                raise TimeoutError(f"instance {name} did not get {ip} in {timeout:.0f} s "
+                                   f"(has {self.address(name) or 'nothing'})")
+            time.sleep(0.01)
+
+    def delete(self, name: str) -> InstanceSpec | None:
+        spec = self.load(name)
+        d = self.dir(name)
+        pid_file = d / "dhclient.pid"
+        try:
+            pid = int(pid_file.read_text().strip())
+            os.kill(pid, signal.SIGTERM)
+        except (OSError, ValueError):
+            pass
+        if f"lab-{name}" in nl.list_namespaces():
+            nl.remove_namespace(f"lab-{name}")  # the veth pair, tap included, goes with it
+        if spec is not None:
+            with nl.socket() as sock:
+                nl.delete_link(sock, tap_name(spec.port_id))
+        for f in sorted(d.glob("*")):
+            f.unlink(missing_ok=True)
+        if d.exists():
+            d.rmdir()
+        return spec

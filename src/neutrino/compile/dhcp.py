@@ -1,0 +1,147 @@
+"""DHCP servers (pure): which dnsmasq a host runs, and the exact files it reads.
+
+One dnsmasq per network scheduled here, in ``qdhcp-<network>`` on ``ns-<11 of the DHCP port>``. IPv4
+service is declared once for the whole address space (two ``static`` ranges with a /1 netmask), so a
+subnet added later needs only new lines in the hosts and options files — re-read on SIGHUP by the same
+process. Netmask, router, routes, DNS and MTU go per subnet through a ``set:`` tag on each host entry.
+IPv6 ranges must be named in the command line (dnsmasq cannot add them on SIGHUP): a change in the IPv6
+subnets of a network is the one case that restarts its dnsmasq.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from dataclasses import dataclass
+
+from neutrino.agent.model import NetworkId, PortId, Snapshot, SubnetSpec
+
+DHCP_OWNER = "network:dhcp"
+LEASE_SECONDS = 86400
+
+
+@dataclass(frozen=True, slots=True)
+class DhcpHost:
+    mac: str
+    ip: str
+    hostname: str
+    subnet_tag: str
+    port_tag: str | None  # set when the port has extra_dhcp_opts
+
+
+@dataclass(frozen=True, slots=True)
+class DhcpServerSpec:
+    network_id: NetworkId
+    namespace: str
+    interface: str
+    port_id: PortId
+    port_mac: str
+    mtu: int
+    v6_ranges: tuple[str, ...]           # dnsmasq --dhcp-range values for IPv6 subnets
+    hosts: tuple[DhcpHost, ...]
+    options: tuple[str, ...]             # lines of the options file
+
+
+@dataclass(frozen=True, slots=True)
+class DnsmasqFiles:
+    argv_tail: tuple[str, ...]  # what follows the fixed arguments (depends only on the IPv6 ranges)
+    hosts: str
+    opts: str
+
+
+def subnet_tag(subnet_id: str) -> str:
+    return f"s{subnet_id.replace('-', '')[:16]}"
+
+
+def port_tag(port_id: str) -> str:
+    return f"p{port_id.replace('-', '')[:16]}"
+
+
+def hostname(ip: ipaddress.IPv4Address | ipaddress.IPv6Address, dns_name: str) -> str:
+    return dns_name or "host-" + str(ip).replace(".", "-").replace(":", "-")
+
+
+def _subnet_options(s: SubnetSpec, mtu: int) -> list[str]:
+    tag = f"tag:{subnet_tag(s.id)}"
+    if s.cidr.version == 6:
+        dns6 = ",".join(f"[{d}]" for d in s.dns_nameservers)
+        return [f"{tag},option6:dns-server,{dns6}"] if dns6 else []
+    lines = [f"{tag},option:netmask,{s.cidr.netmask}", f"{tag},option:broadcast,{s.cidr.broadcast_address}",
+             f"{tag},option:mtu,{mtu}"]
+    dns = [str(d) for d in s.dns_nameservers]  # dnsmasq serves DHCP only (DNS off), so never itself
+    if dns:
+        lines.append(f"{tag},option:dns-server,{','.join(dns)}")
+    if s.gateway_ip is not None:
+        lines.append(f"{tag},option:router,{s.gateway_ip}")
+    else:
+        lines.append(f"{tag},option:router")  # explicitly none
+    if s.host_routes:
+        routes = [f"{r.destination},{r.nexthop}" for r in s.host_routes]
+        if s.gateway_ip is not None:  # RFC 3442: with classless routes the client ignores option 3
+            routes.append(f"0.0.0.0/0,{s.gateway_ip}")
+        lines.append(f"{tag},option:classless-static-route,{','.join(routes)}")
+        lines.append(f"{tag},249,{','.join(routes)}")
+    return lines
+
+
+def _v6_range(s: SubnetSpec) -> str | None:
+    mode = s.ipv6_address_mode or s.ipv6_ra_mode
+    base = f"set:{subnet_tag(s.id)},{s.cidr.network_address}"
+    if mode is None or mode == "dhcpv6-stateful":
+        return f"{base},static,{s.cidr.prefixlen},{LEASE_SECONDS}s"
+    if mode == "dhcpv6-stateless":
+        return f"{base},ra-stateless,{s.cidr.prefixlen},{LEASE_SECONDS}s"
+    return f"{base},ra-only,{s.cidr.prefixlen},{LEASE_SECONDS}s"
+
+
+def compile_dhcp(snap: Snapshot, host: str) -> tuple[DhcpServerSpec, ...]:
+    out = []
+    for net_id in sorted(snap.dhcp_networks):
+        net = snap.networks.get(net_id)
+        dhcp_port = next((p for p in sorted(snap.ports.values(), key=lambda p: p.id)
+                          if p.network_id == net_id and p.device_owner == DHCP_OWNER and p.host == host), None)
+        if net is None or dhcp_port is None:
+            continue
+        subs = sorted((s for s in snap.subnets.values() if s.network_id == net_id and s.enable_dhcp),
+                      key=lambda s: s.id)
+        if not subs:
+            continue
+        by_id = {s.id: s for s in subs}
+        hosts, options = [], []
+        for s in subs:
+            options += _subnet_options(s, net.mtu)
+        for p in sorted(snap.ports.values(), key=lambda p: p.id):
+            if p.network_id != net_id or p.id == dhcp_port.id or not p.admin_state_up:
+                continue
+            ptag = port_tag(p.id) if p.extra_dhcp_opts else None
+            for f in p.fixed_ips:
+                s = by_id.get(f.subnet_id)
+                if s is None or (s.cidr.version == 6 and (s.ipv6_address_mode or "dhcpv6-stateful")
+                                 != "dhcpv6-stateful"):
+                    continue
+                hosts.append(DhcpHost(p.mac_address, str(f.ip_address), hostname(f.ip_address, p.dns_name),
+                                      subnet_tag(s.id), ptag))
+            for opt in p.extra_dhcp_opts:
+                prefix = "option6:" if opt.ip_version == 6 else ("" if opt.opt_name.isdigit() else "option:")
+                options.append(f"tag:{port_tag(p.id)},{prefix}{opt.opt_name},{opt.opt_value}")
+        out.append(DhcpServerSpec(
+            network_id=net_id, namespace=f"qdhcp-{net_id}", interface=f"ns-{dhcp_port.id[:11]}",
+            port_id=dhcp_port.id, port_mac=dhcp_port.mac_address, mtu=net.mtu,
+            v6_ranges=tuple(r for r in (_v6_range(s) for s in subs if s.cidr.version == 6) if r),
+            hosts=tuple(sorted(hosts, key=lambda h: (h.mac, h.ip))), options=tuple(sorted(set(options)))))
+    return tuple(out)
+
+
+def render_dnsmasq(spec: DhcpServerSpec) -> DnsmasqFiles:
+    tail = [f"--dhcp-range=set:v4lo,0.0.0.0,static,128.0.0.0,{LEASE_SECONDS}s",
+            f"--dhcp-range=set:v4hi,128.0.0.0,static,128.0.0.0,{LEASE_SECONDS}s"]
+    tail += [f"--dhcp-range={r}" for r in spec.v6_ranges]
+    if spec.v6_ranges:
+        # Prefixes and flags only: router lifetime 0, the default router is the subnet's gateway, not us.
+        tail += ["--enable-ra", f"--ra-param={spec.interface},10,0"]
+    lines = []
+    for h in spec.hosts:
+        ip = f"[{h.ip}]" if ":" in h.ip else h.ip
+        tags = f"set:{h.subnet_tag}" + (f",set:{h.port_tag}" if h.port_tag else "")
+        lines.append(f"{h.mac},{tags},{ip},{h.hostname},{LEASE_SECONDS}s")
+    return DnsmasqFiles(argv_tail=tuple(tail), hosts="".join(f"{line}\n" for line in lines),
+                        opts="".join(f"{line}\n" for line in spec.options))

@@ -1,0 +1,91 @@
+"""compile_host (pure): a host's complete desired state from the intent snapshot.
+
+Networks present on a host: those with a port bound to it, plus those whose DHCP it serves. Each gets a
+bridge ``brq<11>`` with one uplink: ``vxlan-<vni>`` (tenant networks, unicast flooding to the other
+hosts that have the network, FDB entries for their ports' MACs), the mapped physical interface (flat),
+or ``<iface>.<vid>`` (VLAN). DHCP ports become agent-owned veths into ``qdhcp-<network>``; instance
+ports (``compute:*``) are taps created by the instance tooling, which the agent plugs into the bridge.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Mapping
+
+from neutrino.agent.model import NetworkType, PortSpec, Snapshot
+from neutrino.compile.dhcp import DHCP_OWNER, compile_dhcp
+from neutrino.compile.state import (
+    BridgeSpec,
+    HostState,
+    Interface,
+    PlugSpec,
+    PortLinkSpec,
+    VlanSpec,
+    VxlanSpec,
+    bridge_name,
+    short,
+    tap_name,
+)
+
+
+def _port_interfaces(snap: Snapshot, port: PortSpec, dhcp_only: bool) -> tuple[Interface, ...]:
+    out = []
+    for f in port.fixed_ips:
+        subnet = snap.subnets.get(f.subnet_id)
+        if subnet is None or (dhcp_only and not subnet.enable_dhcp):
+            continue
+        out.append(ipaddress.ip_interface(f"{f.ip_address}/{subnet.cidr.prefixlen}"))
+    return tuple(sorted(out, key=lambda i: (i.version, int(i.ip))))
+
+
+def compile_host(snap: Snapshot, host: str, tunnel_ip: str,
+                 interface_mappings: Mapping[str, str]) -> HostState:
+    mine = [p for p in snap.ports.values() if p.host == host]
+    dhcp = compile_dhcp(snap, host)
+    net_ids = sorted({p.network_id for p in mine} | {d.network_id for d in dhcp})
+    # Which hosts have which network (for VXLAN flooding and FDB).
+    hosts_of: dict[str, set[str]] = {}
+    for p in snap.ports.values():
+        if p.host:
+            hosts_of.setdefault(p.network_id, set()).add(p.host)
+    bridges, vxlans, vlans, problems = [], [], [], []
+    for net_id in net_ids:
+        net = snap.networks.get(net_id)
+        if net is None:
+            continue
+        br = bridge_name(net_id)
+        uplink: str | None = None
+        if net.network_type == NetworkType.VXLAN and net.segmentation_id:
+            uplink = f"vxlan-{net.segmentation_id}"
+            remotes = sorted(h for h in hosts_of.get(net_id, set()) if h != host and h in snap.hosts)
+            flood = tuple(sorted({str(snap.hosts[h].tunnel_ip) for h in remotes}))
+            fdb = tuple(sorted((p.mac_address, str(snap.hosts[p.host].tunnel_ip)) for p in snap.ports.values()
+                               if p.network_id == net_id and p.host in remotes and p.host is not None))
+            vxlans.append(VxlanSpec(uplink, net.segmentation_id, tunnel_ip, net.mtu, br, flood, fdb))
+        elif net.network_type in (NetworkType.FLAT, NetworkType.VLAN):
+            iface = interface_mappings.get(net.physical_network or "")
+            if iface is None:
+                problems.append(f"network {net_id}: no interface mapped for physical network "
+                                f"{net.physical_network!r}")
+            elif net.network_type == NetworkType.FLAT:
+                uplink = iface
+            else:
+                uplink = f"{iface}.{net.segmentation_id}"
+                vlans.append(VlanSpec(uplink, iface, int(net.segmentation_id or 0), net.mtu, br))
+        bridges.append(BridgeSpec(br, net_id, net.mtu, uplink))
+    plugs, links = [], []
+    served = {d.network_id for d in dhcp}
+    for p in sorted(mine, key=lambda p: p.id):
+        net = snap.networks.get(p.network_id)
+        if net is None:
+            continue
+        if p.device_owner == DHCP_OWNER:
+            if p.network_id in served:
+                links.append(PortLinkSpec(p.id, tap_name(p.id), f"ns-{short(p.id)}", f"qdhcp-{p.network_id}",
+                                          bridge_name(p.network_id), p.mac_address, net.mtu,
+                                          _port_interfaces(snap, p, dhcp_only=True)))
+        elif p.device_owner.startswith("compute:"):
+            plugs.append(PlugSpec(p.id, tap_name(p.id), bridge_name(p.network_id), net.mtu))
+    return HostState(namespaces=tuple(sorted(link.namespace for link in links)), bridges=tuple(bridges),
+                     vxlans=tuple(vxlans), vlans=tuple(vlans), plugs=tuple(plugs), port_links=tuple(links),
+                     dhcp=dhcp, problems=tuple(problems))

@@ -1,0 +1,88 @@
+"""HostState: what one host's kernel and daemons should look like. Frozen data, produced by compile_host."""
+
+from __future__ import annotations
+
+import ipaddress
+from dataclasses import dataclass
+
+from neutrino.agent.model import NetworkId, PortId
+from neutrino.compile.dhcp import DhcpServerSpec
+
+Interface = ipaddress.IPv4Interface | ipaddress.IPv6Interface
+
+
+def short(uuid: str) -> str:
+    """Neutron's device-name suffix: the first 11 characters of a UUID."""
+    return uuid[:11]
+
+
+def bridge_name(network_id: str) -> str:
+    return f"brq{short(network_id)}"
+
+
+def tap_name(port_id: str) -> str:
+    return f"tap{short(port_id)}"
+
+
+@dataclass(frozen=True, slots=True)
+class BridgeSpec:
+    name: str
+    network_id: NetworkId
+    mtu: int
+    uplink: str | None  # vxlan-<vni>, a physical interface (flat) or <iface>.<vid> (vlan)
+
+
+@dataclass(frozen=True, slots=True)
+class VxlanSpec:
+    name: str
+    vni: int
+    local: str
+    mtu: int
+    bridge: str
+    flood: tuple[str, ...]                 # remote tunnel endpoints that also have this network
+    fdb: tuple[tuple[str, str], ...]       # (remote port MAC, its host's tunnel endpoint)
+
+
+@dataclass(frozen=True, slots=True)
+class VlanSpec:
+    """802.1Q sub-interface of a physical interface (compile only: this kernel has no 802.1Q)."""
+    name: str
+    parent: str
+    vid: int
+    mtu: int
+    bridge: str
+
+
+@dataclass(frozen=True, slots=True)
+class PlugSpec:
+    """An existing device (an instance's tap) to enslave to its network's bridge."""
+    port_id: PortId
+    device: str
+    bridge: str
+    mtu: int
+
+
+@dataclass(frozen=True, slots=True)
+class PortLinkSpec:
+    """A veth the agent owns end to end: ``device`` in the bridge, ``peer`` inside ``namespace`` with the
+    port's MAC and addresses (DHCP ports now; router ports later)."""
+    port_id: PortId
+    device: str
+    peer: str
+    namespace: str
+    bridge: str
+    mac: str
+    mtu: int
+    addresses: tuple[Interface, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class HostState:
+    namespaces: tuple[str, ...] = ()
+    bridges: tuple[BridgeSpec, ...] = ()
+    vxlans: tuple[VxlanSpec, ...] = ()
+    vlans: tuple[VlanSpec, ...] = ()
+    plugs: tuple[PlugSpec, ...] = ()
+    port_links: tuple[PortLinkSpec, ...] = ()
+    dhcp: tuple[DhcpServerSpec, ...] = ()
+    problems: tuple[str, ...] = ()  # intent this host cannot realise (e.g. a physnet with no mapping)

@@ -1,0 +1,150 @@
+"""The dnsmasq supervisor: one process per served network, configured by files, reloaded by SIGHUP.
+
+Each network has a directory ``<state>/dhcp/<network id>/`` with ``hosts``, ``opts``, ``leases``,
+``pid`` and ``argv`` (the part of the command line that depends on intent). A pass writes files that
+changed (temp + rename), SIGHUPs a running process whose files changed, starts a missing one, restarts
+one only when its command line must change (IPv6 ranges), and stops those of networks no longer served.
+A process is recognised across agent restarts by its pid file and ``/proc/<pid>/cmdline``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import signal
+import subprocess
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from neutrino.compile.dhcp import DhcpServerSpec, render_dnsmasq
+from neutrino.errors import KernelError
+
+
+@dataclass(frozen=True, slots=True)
+class DnsmasqState:
+    network_id: str
+    pid: int | None
+
+
+def _write(path: Path, text: str) -> bool:
+    """Atomically replace ``path`` if its content differs; True when it changed."""
+    try:
+        if path.read_text() == text:
+            return False
+    except FileNotFoundError:
+        pass
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    os.chmod(tmp, 0o644)  # dnsmasq reads these after dropping root
+    tmp.replace(path)
+    return True
+
+
+class DnsmasqSupervisor:
+    def __init__(self, state_dir: Path) -> None:
+        self.root = state_dir / "dhcp"
+        self._traversable = False
+
+    def _make_traversable(self) -> None:
+        """dnsmasq reads its files after dropping root: every directory above them must be searchable
+        (x only; nothing becomes listable or readable that was not)."""
+        self.root.mkdir(parents=True, exist_ok=True)
+        for d in [self.root, *self.root.parents]:
+            mode = d.stat().st_mode
+            if not mode & 0o001:
+                os.chmod(d, mode | 0o001)
+        self._traversable = True
+
+    def directory(self, network_id: str) -> Path:
+        return self.root / network_id
+
+    def running_pid(self, network_id: str) -> int | None:
+        d = self.directory(network_id)
+        try:
+            pid = int((d / "pid").read_text().strip())
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+        except (OSError, ValueError):
+            return None
+        mine = f"--dhcp-hostsfile={d / 'hosts'}".encode()
+        return pid if cmdline and cmdline[0].endswith(b"dnsmasq") and mine in cmdline else None
+
+    def observe(self) -> dict[str, DnsmasqState]:
+        if not self.root.exists():
+            return {}
+        return {d.name: DnsmasqState(d.name, self.running_pid(d.name)) for d in self.root.iterdir() if d.is_dir()}
+
+    def _argv(self, spec: DhcpServerSpec, tail: tuple[str, ...]) -> list[str]:
+        d = self.directory(spec.network_id)
+        return ["ip", "netns", "exec", spec.namespace, "dnsmasq", "--conf-file=/dev/null", "--no-hosts",
+                "--no-resolv", "--port=0", f"--interface={spec.interface}", "--bind-dynamic",
+                "--except-interface=lo", "--dhcp-authoritative", "--no-ping",
+                f"--dhcp-hostsfile={d / 'hosts'}", f"--dhcp-optsfile={d / 'opts'}",
+                f"--dhcp-leasefile={d / 'leases'}", f"--pid-file={d / 'pid'}",
+                f"--log-facility={d / 'dnsmasq.log'}", "--dhcp-lease-max=16777216", *tail]
+
+    def ensure(self, spec: DhcpServerSpec) -> str | None:
+        """Make one network's dnsmasq match ``spec``; returns what it did ('started', 'reloaded', ...)."""
+        if not self._traversable:
+            self._make_traversable()
+        d = self.directory(spec.network_id)
+        d.mkdir(parents=True, exist_ok=True)
+        os.chmod(d, 0o755)
+        files = render_dnsmasq(spec)
+        changed = _write(d / "hosts", files.hosts) | _write(d / "opts", files.opts)
+        argv_changed = _write(d / "argv", "\n".join(files.argv_tail) + "\n")
+        (d / "leases").touch(exist_ok=True)
+        pid = self.running_pid(spec.network_id)
+        if pid is not None and argv_changed:
+            self._kill(pid)
+            pid = None
+            action = "restarted"
+        else:
+            action = "started"
+        if pid is None:
+            self._start(spec, files.argv_tail)
+            return action
+        if changed:
+            os.kill(pid, signal.SIGHUP)
+            return "reloaded"
+        return None
+
+    def _start(self, spec: DhcpServerSpec, tail: tuple[str, ...]) -> None:
+        argv = self._argv(spec, tail)
+        # dnsmasq daemonizes; its own session keeps it out of the agent's process group, so stopping or
+        # restarting the agent never touches it.
+        proc = subprocess.run(argv, capture_output=True, text=True, start_new_session=True, check=False)
+        if proc.returncode != 0:
+            raise KernelError(f"dnsmasq failed to start: {proc.stderr.strip()}", obj=spec.network_id,
+                              namespace=spec.namespace)
+        deadline = time.monotonic() + 2
+        while self.running_pid(spec.network_id) is None:
+            if time.monotonic() > deadline:
+                raise KernelError("dnsmasq did not write its pid file", obj=spec.network_id,
+                                  namespace=spec.namespace)
+            time.sleep(0.005)
+
+    @staticmethod
+    def _kill(pid: int) -> None:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGTERM)
+        for _ in range(200):
+            if not Path(f"/proc/{pid}").exists() or b"zombie" in _status(pid):
+                return
+            time.sleep(0.005)
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+
+    def stop(self, network_id: str) -> None:
+        pid = self.running_pid(network_id)
+        if pid is not None:
+            self._kill(pid)
+        shutil.rmtree(self.directory(network_id), ignore_errors=True)
+
+
+def _status(pid: int) -> bytes:
+    try:
+        return Path(f"/proc/{pid}/status").read_bytes().lower()
+    except OSError:
+        return b"zombie"
