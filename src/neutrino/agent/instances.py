@@ -97,9 +97,13 @@ class Instances:
         (d / "dhclient.conf").write_text(DHCLIENT_CONF)
         argv = ["ip", "netns", "exec", spec.namespace, "dhclient", "-4", "-nw", "-cf", str(d / "dhclient.conf"),
                 "-sf", str(SCRIPT), "-pf", str(d / "dhclient.pid"), "-lf", str(d / "dhclient.leases"), "eth0"]
-        proc = subprocess.run(argv, capture_output=True, text=True, start_new_session=True, check=False)
+        # A file, not a pipe, for the daemon's output (see dataplane.dnsmasq: no SIGPIPE later).
+        with open(d / "dhclient.log", "w") as out:
+            proc = subprocess.run(argv, stdin=subprocess.DEVNULL, stdout=out, stderr=out, start_new_session=True,
+                                  check=False)
         if proc.returncode != 0:
-            raise KernelError(f"dhclient failed: {proc.stderr.strip()}", obj=spec.name, namespace=spec.namespace)
+            raise KernelError(f"dhclient failed: {(d / 'dhclient.log').read_text().strip()}", obj=spec.name,
+                              namespace=spec.namespace)
 
     def exec(self, name: str, argv: list[str], **kw: object) -> subprocess.CompletedProcess[str]:
         return subprocess.run(["ip", "netns", "exec", f"lab-{check_name(name)}", *argv], text=True,

@@ -1,11 +1,14 @@
 """DHCP servers (pure): which dnsmasq a host runs, and the exact files it reads.
 
-One dnsmasq per network scheduled here, in ``qdhcp-<network>`` on ``ns-<11 of the DHCP port>``. IPv4
-service is declared once for the whole address space (two ``static`` ranges with a /1 netmask), so a
-subnet added later needs only new lines in the hosts and options files — re-read on SIGHUP by the same
-process. Netmask, router, routes, DNS and MTU go per subnet through a ``set:`` tag on each host entry.
-IPv6 ranges must be named in the command line (dnsmasq cannot add them on SIGHUP): a change in the IPv6
-subnets of a network is the one case that restarts its dnsmasq.
+One dnsmasq per network scheduled here, in ``qdhcp-<network>`` on ``ns-<11 of the DHCP port>``. Each
+DHCP subnet is one ``static`` range on the command line whose ``set:`` tag selects that subnet's options
+(router, DNS, routes, MTU); hosts (MAC -> address, name) and options are files re-read on SIGHUP.
+
+Why not one process forever: dnsmasq 2.90 (Debian 12) crashes on SIGHUP once a lease exists if a host
+line carries a ``set:`` tag, so subnet tags cannot live in the hosts file, and ranges are only read at
+start. Hence: port changes -> SIGHUP; a subnet added or removed, or a change among ports that have
+extra_dhcp_opts (their per-port tag) -> restart (leases persist in the lease file). ``render_dnsmasq``
+says which one a change needs.
 """
 
 from __future__ import annotations
@@ -24,7 +27,6 @@ class DhcpHost:
     mac: str
     ip: str
     hostname: str
-    subnet_tag: str
     port_tag: str | None  # set when the port has extra_dhcp_opts
 
 
@@ -36,16 +38,17 @@ class DhcpServerSpec:
     port_id: PortId
     port_mac: str
     mtu: int
-    v6_ranges: tuple[str, ...]           # dnsmasq --dhcp-range values for IPv6 subnets
+    ranges: tuple[str, ...]              # dnsmasq --dhcp-range values, one per DHCP subnet
     hosts: tuple[DhcpHost, ...]
     options: tuple[str, ...]             # lines of the options file
 
 
 @dataclass(frozen=True, slots=True)
 class DnsmasqFiles:
-    argv_tail: tuple[str, ...]  # what follows the fixed arguments (depends only on the IPv6 ranges)
+    argv_tail: tuple[str, ...]  # what follows the fixed arguments: the ranges (a change means restart)
     hosts: str
     opts: str
+    tagged: bool                # hosts carry set: tags: reload by restart, never SIGHUP (dnsmasq 2.90 bug)
 
 
 def subnet_tag(subnet_id: str) -> str:
@@ -65,7 +68,7 @@ def _subnet_options(s: SubnetSpec, mtu: int) -> list[str]:
     if s.cidr.version == 6:
         dns6 = ",".join(f"[{d}]" for d in s.dns_nameservers)
         return [f"{tag},option6:dns-server,{dns6}"] if dns6 else []
-    lines = [f"{tag},option:netmask,{s.cidr.netmask}", f"{tag},option:broadcast,{s.cidr.broadcast_address}",
+    lines = [f"{tag},option:netmask,{s.cidr.netmask}", f"{tag},28,{s.cidr.broadcast_address}",
              f"{tag},option:mtu,{mtu}"]
     dns = [str(d) for d in s.dns_nameservers]  # dnsmasq serves DHCP only (DNS off), so never itself
     if dns:
@@ -83,9 +86,11 @@ def _subnet_options(s: SubnetSpec, mtu: int) -> list[str]:
     return lines
 
 
-def _v6_range(s: SubnetSpec) -> str | None:
-    mode = s.ipv6_address_mode or s.ipv6_ra_mode
+def _range(s: SubnetSpec) -> str:
     base = f"set:{subnet_tag(s.id)},{s.cidr.network_address}"
+    if s.cidr.version == 4:
+        return f"{base},static,{s.cidr.netmask},{LEASE_SECONDS}s"
+    mode = s.ipv6_address_mode or s.ipv6_ra_mode
     if mode is None or mode == "dhcpv6-stateful":
         return f"{base},static,{s.cidr.prefixlen},{LEASE_SECONDS}s"
     if mode == "dhcpv6-stateless":
@@ -118,30 +123,28 @@ def compile_dhcp(snap: Snapshot, host: str) -> tuple[DhcpServerSpec, ...]:
                 if s is None or (s.cidr.version == 6 and (s.ipv6_address_mode or "dhcpv6-stateful")
                                  != "dhcpv6-stateful"):
                     continue
-                hosts.append(DhcpHost(p.mac_address, str(f.ip_address), hostname(f.ip_address, p.dns_name),
-                                      subnet_tag(s.id), ptag))
+                hosts.append(DhcpHost(p.mac_address, str(f.ip_address), hostname(f.ip_address, p.dns_name), ptag))
             for opt in p.extra_dhcp_opts:
                 prefix = "option6:" if opt.ip_version == 6 else ("" if opt.opt_name.isdigit() else "option:")
                 options.append(f"tag:{port_tag(p.id)},{prefix}{opt.opt_name},{opt.opt_value}")
         out.append(DhcpServerSpec(
             network_id=net_id, namespace=f"qdhcp-{net_id}", interface=f"ns-{dhcp_port.id[:11]}",
             port_id=dhcp_port.id, port_mac=dhcp_port.mac_address, mtu=net.mtu,
-            v6_ranges=tuple(r for r in (_v6_range(s) for s in subs if s.cidr.version == 6) if r),
+            ranges=tuple(_range(s) for s in subs),
             hosts=tuple(sorted(hosts, key=lambda h: (h.mac, h.ip))), options=tuple(sorted(set(options)))))
     return tuple(out)
 
 
 def render_dnsmasq(spec: DhcpServerSpec) -> DnsmasqFiles:
-    tail = [f"--dhcp-range=set:v4lo,0.0.0.0,static,128.0.0.0,{LEASE_SECONDS}s",
-            f"--dhcp-range=set:v4hi,128.0.0.0,static,128.0.0.0,{LEASE_SECONDS}s"]
-    tail += [f"--dhcp-range={r}" for r in spec.v6_ranges]
-    if spec.v6_ranges:
+    tail = [f"--dhcp-range={r}" for r in spec.ranges]
+    if any(":" in r.split(",")[1] for r in spec.ranges):
         # Prefixes and flags only: router lifetime 0, the default router is the subnet's gateway, not us.
         tail += ["--enable-ra", f"--ra-param={spec.interface},10,0"]
     lines = []
     for h in spec.hosts:
         ip = f"[{h.ip}]" if ":" in h.ip else h.ip
-        tags = f"set:{h.subnet_tag}" + (f",set:{h.port_tag}" if h.port_tag else "")
-        lines.append(f"{h.mac},{tags},{ip},{h.hostname},{LEASE_SECONDS}s")
+        tag = f"set:{h.port_tag}," if h.port_tag else ""
+        lines.append(f"{h.mac},{tag}{ip},{h.hostname},{LEASE_SECONDS}s")
     return DnsmasqFiles(argv_tail=tuple(tail), hosts="".join(f"{line}\n" for line in lines),
-                        opts="".join(f"{line}\n" for line in spec.options))
+                        opts="".join(f"{line}\n" for line in spec.options),
+                        tagged=any(h.port_tag for h in spec.hosts))

@@ -3,13 +3,15 @@
 Each network has a directory ``<state>/dhcp/<network id>/`` with ``hosts``, ``opts``, ``leases``,
 ``pid`` and ``argv`` (the part of the command line that depends on intent). A pass writes files that
 changed (temp + rename), SIGHUPs a running process whose files changed, starts a missing one, restarts
-one only when its command line must change (IPv6 ranges), and stops those of networks no longer served.
+one only when its command line must change (its subnets) or its hosts carry tags (see compile.dhcp), and
+stops those of networks no longer served.
 A process is recognised across agent restarts by its pid file and ``/proc/<pid>/cmdline``.
 """
 
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import shutil
 import signal
@@ -20,6 +22,8 @@ from pathlib import Path
 
 from neutrino.compile.dhcp import DhcpServerSpec, render_dnsmasq
 from neutrino.errors import KernelError
+
+log = logging.getLogger("neutrino.agent")
 
 
 @dataclass(frozen=True, slots=True)
@@ -96,13 +100,17 @@ class DnsmasqSupervisor:
         argv_changed = _write(d / "argv", "\n".join(files.argv_tail) + "\n")
         (d / "leases").touch(exist_ok=True)
         pid = self.running_pid(spec.network_id)
-        if pid is not None and argv_changed:
+        if pid is not None and (argv_changed or (changed and files.tagged)):
             self._kill(pid)
             pid = None
             action = "restarted"
         else:
             action = "started"
         if pid is None:
+            if action == "started" and (d / "pid").exists():
+                old = (d / "pid").read_text().strip()
+                log.warning("dnsmasq for network %s is gone (pid file %s, %s); starting it again",
+                            spec.network_id, old, _exit_code(old))
             self._start(spec, files.argv_tail)
             return action
         if changed:
@@ -113,10 +121,14 @@ class DnsmasqSupervisor:
     def _start(self, spec: DhcpServerSpec, tail: tuple[str, ...]) -> None:
         argv = self._argv(spec, tail)
         # dnsmasq daemonizes; its own session keeps it out of the agent's process group, so stopping or
-        # restarting the agent never touches it.
-        proc = subprocess.run(argv, capture_output=True, text=True, start_new_session=True, check=False)
+        # restarting the agent never touches it. Its stdio are files, never pipes: the daemon keeps them,
+        # and a pipe whose reader is gone would kill it with SIGPIPE at its next message.
+        err_path = self.directory(spec.network_id) / "start.err"
+        with open(err_path, "w") as err:
+            proc = subprocess.run(argv, stdin=subprocess.DEVNULL, stdout=err, stderr=err,
+                                  start_new_session=True, check=False)
         if proc.returncode != 0:
-            raise KernelError(f"dnsmasq failed to start: {proc.stderr.strip()}", obj=spec.network_id,
+            raise KernelError(f"dnsmasq failed to start: {err_path.read_text().strip()}", obj=spec.network_id,
                               namespace=spec.namespace)
         deadline = time.monotonic() + 2
         while self.running_pid(spec.network_id) is None:
@@ -148,3 +160,12 @@ def _status(pid: int) -> bytes:
         return Path(f"/proc/{pid}/status").read_bytes().lower()
     except OSError:
         return b"zombie"
+
+
+def _exit_code(pid: str) -> str:
+    """How a dead (zombie) process ended, for the log: exit status or signal."""
+    try:
+        code = int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[-1])
+    except (OSError, ValueError, IndexError):
+        return "gone"
+    return f"killed by signal {code & 0x7F}" if code & 0x7F else f"exited with {code >> 8}"

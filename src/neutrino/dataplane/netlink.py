@@ -8,14 +8,16 @@ A namespace is named by its entry in ``/run/netns`` (``None`` is the agent's own
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import errno
 import ipaddress
 import os
+import subprocess
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from pyroute2 import IPRoute, NetNS
+from pyroute2 import IPRoute
 from pyroute2 import netns as pr_netns
 from pyroute2.netlink.exceptions import NetlinkError
 
@@ -52,11 +54,13 @@ def list_namespaces() -> list[str]:
 
 
 def create_namespace(name: str) -> None:
-    try:
-        pr_netns.create(name)
-    except OSError as exc:
-        if exc.errno != errno.EEXIST:
-            raise KernelError(f"cannot create namespace: {exc}", namespace=name, errno=exc.errno) from exc
+    """Create ``/run/netns/<name>`` with iproute2 (once per network, not a hot path; fork+exec is safe
+    in a threaded process where pyroute2's fork-and-continue helper is not)."""
+    if name in list_namespaces():
+        return
+    done = subprocess.run(["ip", "netns", "add", name], capture_output=True, text=True, check=False)
+    if done.returncode != 0 and name not in list_namespaces():
+        raise KernelError(f"cannot create namespace: {done.stderr.strip()}", namespace=name)
 
 
 def remove_namespace(name: str) -> None:
@@ -67,11 +71,39 @@ def remove_namespace(name: str) -> None:
             raise KernelError(f"cannot remove namespace: {exc}", namespace=name, errno=exc.errno) from exc
 
 
+_libc = ctypes.CDLL(None, use_errno=True)
+CLONE_NEWNET = 0x40000000
+
+
+def _setns(fd: int) -> None:
+    if _libc.setns(fd, CLONE_NEWNET) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, os.strerror(err))
+
+
+def _socket_in(namespace: str) -> Any:
+    """Open the netlink socket from inside ``namespace``: this thread steps in and back out (setns is
+    per thread). A socket keeps the namespace it was born in. No fork: forking a threaded agent can
+    deadlock the child."""
+    path = namespace if namespace.startswith("/") else f"{NETNS_DIR}/{namespace}"
+    target = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    home = os.open("/proc/thread-self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        _setns(target)
+        try:
+            return IPRoute()
+        finally:
+            _setns(home)
+    finally:
+        os.close(target)
+        os.close(home)
+
+
 @contextlib.contextmanager
 def socket(namespace: str | None = None) -> Iterator[Any]:
-    """A netlink socket in ``namespace`` (a NetNS forks once to get in; the socket then stays there)."""
+    """A netlink socket in ``namespace`` (None: the agent's own)."""
     try:
-        sock = IPRoute() if namespace is None else NetNS(namespace, flags=0)
+        sock = IPRoute() if namespace is None else _socket_in(namespace)
     except (OSError, NetlinkError) as exc:
         raise KernelError(f"cannot open namespace: {exc}", namespace=namespace or "") from exc
     try:
@@ -158,9 +190,15 @@ def set_link(sock: Any, name: str, ns: str | None = None, **kw: Any) -> None:
 
 
 def delete_link(sock: Any, name: str, ns: str | None = None) -> None:
+    """Delete if present (a veth may vanish on its own when its peer's namespace goes)."""
     idx = index(sock, name)
-    if idx is not None:
-        _run("delete link", name, ns, sock.link, "del", index=idx)
+    if idx is None:
+        return
+    try:
+        sock.link("del", index=idx)
+    except NetlinkError as exc:
+        if exc.code != errno.ENODEV:
+            raise KernelError(f"delete link failed: {exc}", obj=name, namespace=ns or "", errno=exc.code) from exc
 
 
 def add_address(sock: Any, link: int, iface: ipaddress.IPv4Interface | ipaddress.IPv6Interface, obj: str,
