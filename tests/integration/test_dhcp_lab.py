@@ -77,7 +77,7 @@ def test_instances_get_their_addresses_and_ping(lab: Lab) -> None:
 
 def test_dhcp_disabled_means_static_and_no_dnsmasq(lab: Lab) -> None:
     h1 = lab.agents["h1"]
-    net, sub = lab.network(uniq("static"), "10.63.0.0/24", dhcp=False)
+    net, _ = lab.network(uniq("static"), "10.63.0.0/24", dhcp=False)
     a, b = uniq("s"), uniq("t")
     h1.neutrino("instance", "create", "--network", net["id"], a)
     h1.neutrino("instance", "create", "--network", net["id"], b)
