@@ -23,7 +23,12 @@ from neutrino.hosts import Host, Underlay
 from tests.api.conftest import Server, start_server
 
 NEUTRINO = str(Path(__import__("sys").executable).parent / "neutrino")
-OURS = ("qdhcp-", "lab-", "nt")
+
+
+# What this test process created: underlay prefixes and state directories. The leak check looks only
+# at these, so several xdist workers can run kernel tests side by side.
+PREFIXES: list[str] = []
+STATE_DIRS: list[Path] = []
 
 
 def _netns() -> set[str]:
@@ -31,30 +36,31 @@ def _netns() -> set[str]:
     return {line.split()[0] for line in out.splitlines() if line.strip()}
 
 
-def _procs(name: str) -> set[int]:
-    """Live processes called ``name`` (zombies are dead already: their parent just has not reaped them)."""
-    out = subprocess.run(["pgrep", "-x", name], capture_output=True, text=True).stdout
-    live = set()
-    for pid in out.split():
+def _our_processes() -> list[str]:
+    """Live (non-zombie) processes whose command line names one of our state directories."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
         try:
-            state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+            cmd = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            state = (entry / "stat").read_text().rsplit(")", 1)[1].split()[0]
         except (OSError, IndexError):
             continue
-        if state != "Z":
-            live.add(int(pid))
-    return live
+        if state != "Z" and any(str(d) in cmd for d in STATE_DIRS) and "pytest" not in cmd:
+            found.append(f"{entry.name}: {cmd[:120]}")
+    return found
 
 
 @pytest.fixture(scope="session", autouse=True)
 def nothing_left_behind() -> Iterator[None]:
     if os.geteuid() != 0:
         pytest.skip("integration tests need root (network namespaces)")
-    before_ns, before_dnsmasq, before_dhclient = _netns(), _procs("dnsmasq"), _procs("dhclient")
     yield
-    left = {n for n in _netns() - before_ns if n.startswith(OURS)}
-    procs = (_procs("dnsmasq") - before_dnsmasq) | (_procs("dhclient") - before_dhclient)
-    assert not left, f"namespaces left behind: {sorted(left)}"
-    assert not procs, f"processes left behind: {sorted(procs)}"
+    left = sorted(n for n in _netns() if any(n.startswith(p) for p in PREFIXES))
+    assert not left, f"namespaces left behind: {left}"
+    procs = _our_processes()
+    assert not procs, f"processes left behind: {procs}"
 
 
 @dataclass
@@ -128,11 +134,13 @@ class Lab:
 
 
 @pytest.fixture(scope="module")
-def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
+def lab(nothing_left_behind: None, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
     tmp = tmp_path_factory.mktemp("lab")
     server = start_server(tmp, f"sqlite:///{tmp / 'neutrino.db'}", "sqlite",
                           {"NEUTRINO_AGENT__AGENT_DOWN_SECONDS": "30"})
     underlay = Underlay.create()
+    PREFIXES.append(underlay.prefix)
+    STATE_DIRS.append(tmp)
     lab_: Lab | None = None
     try:
         token = httpx.post(f"{server.url}/identity/v3/auth/tokens", json={"auth": {"identity": {

@@ -7,7 +7,12 @@ import subprocess
 import time
 import uuid
 
+import pytest
+
 from tests.integration.conftest import Lab
+
+# Kernel tests share one xdist worker: its end-of-session leak check then sees only its own objects.
+pytestmark = pytest.mark.xdist_group(name="kernel")
 
 
 def uniq(prefix: str) -> str:
