@@ -21,7 +21,10 @@ from neutrino.agent.source import IntentSource
 from neutrino.services.agents import AgentReport, AgentType
 
 log = logging.getLogger("neutrino.agent")
+# A port bound here whose device is not there yet (an instance's tap about to appear) is looked for
+# again soon, then less and less often (a port whose VM never comes must not keep the agent busy).
 PENDING_POLL = 0.05
+PENDING_POLL_MAX = 5.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -120,7 +123,8 @@ class Agent:
             self.revision = snap.revision
             self._save_revision(snap.revision)
             self.in_sync.set()
-        log.info("pass %d at revision %d: %d changes in %.0f ms%s", self.passes, snap.revision, changes,
+        log.log(logging.INFO if changes or errors or self.passes == 1 else logging.DEBUG,
+                "pass %d at revision %d: %d changes in %.0f ms%s", self.passes, snap.revision, changes,
                  (time.perf_counter() - started) * 1000, f" (errors: {self.last_error})" if errors else "")
         if errors:
             raise RuntimeError(self.last_error)
@@ -131,9 +135,12 @@ class Agent:
         next_beat = time.monotonic() + self.settings.heartbeat_seconds
         backoff = 0.2
         seen = -1
+        poll = PENDING_POLL
         while not stop.is_set():
             try:
                 snap = await self.run_once()
+                if snap.revision != seen:
+                    poll = PENDING_POLL
                 seen = snap.revision
                 backoff = 0.2
             except Exception as exc:
@@ -149,7 +156,8 @@ class Agent:
                     next_beat = now + self.settings.heartbeat_seconds
                 # While a port waits for its device (an instance's tap), look again soon; else sleep until
                 # the next change or heartbeat.
-                timeout = PENDING_POLL if self.pending else max(0.1, next_beat - now)
+                timeout = min(poll, max(0.05, next_beat - now)) if self.pending else max(0.1, next_beat - now)
+                poll = min(poll * 2, PENDING_POLL_MAX)
                 waiter = asyncio.create_task(self.source.wait(seen, timeout))
                 stopper = asyncio.create_task(stop.wait())
                 done, _ = await asyncio.wait({waiter, stopper}, return_when=asyncio.FIRST_COMPLETED)
