@@ -80,12 +80,12 @@ async def run(args: argparse.Namespace, url: str, pid: int) -> list[tuple[str, s
             nets = (await c.get("/v2.0/networks", params={"fields": "id", "limit": n,
                                                           "sort_key": "created_at", "sort_dir": "desc"})).json()
             ids = [x["id"] for x in nets["networks"]]
-            r_sub = await rate(c, n, clients, lambda i: ("/v2.0/subnets", {"json": {"subnet": {
+            r_sub = await rate(c, n, clients, lambda i, ids=ids: ("/v2.0/subnets", {"json": {"subnet": {
                 "network_id": ids[i], "ip_version": 4, "cidr": f"10.{i // 256}.{i % 256}.0/24"}}}))
             big = (await c.post("/v2.0/networks", json={"network": {"name": "big"}})).json()["network"]["id"]
             await c.post("/v2.0/subnets", json={"subnet": {"network_id": big, "ip_version": 4,
                                                            "cidr": f"172.{16 + clients}.0.0/16"}})
-            r_port = await rate(c, n, clients, lambda i: ("/v2.0/ports", {"json": {"port": {
+            r_port = await rate(c, n, clients, lambda i, big=big: ("/v2.0/ports", {"json": {"port": {
                 "network_id": big, "name": f"p{i}"}}}))
             progress(f"{clients} client(s): networks {r_net:.0f}/s, subnets {r_sub:.0f}/s, ports {r_port:.0f}/s")
             out += [(f"network creates/s, {clients} client(s)", f"{r_net:.0f}"),

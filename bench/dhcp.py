@@ -36,7 +36,7 @@ NEUTRINO = str(Path(sys.executable).parent / "neutrino")
 
 def pct(values: list[float], q: float) -> float:
     ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(round(q * (len(ordered) - 1))))]
+    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
 
 
 def progress(msg: str) -> None:
