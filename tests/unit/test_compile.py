@@ -1,0 +1,113 @@
+"""compile_host and the dnsmasq renderer: golden outputs, determinism under any input order."""
+
+from __future__ import annotations
+
+import ipaddress
+import random
+
+from neutrino.agent.model import (
+    ExtraDhcpOpt,
+    FixedIp,
+    HostName,
+    HostRoute,
+    HostSpec,
+    NetworkId,
+    NetworkSpec,
+    NetworkType,
+    PortId,
+    PortSpec,
+    Snapshot,
+    SubnetId,
+    SubnetSpec,
+)
+from neutrino.compile.dhcp import compile_dhcp, render_dnsmasq
+from neutrino.compile.l2 import compile_host
+
+N1 = NetworkId("11111111-1111-1111-1111-111111111111")
+N2 = NetworkId("22222222-2222-2222-2222-222222222222")
+S1 = SubnetId("aaaaaaaa-0000-0000-0000-000000000001")
+S2 = SubnetId("aaaaaaaa-0000-0000-0000-000000000002")
+ip = ipaddress.ip_address
+
+
+def port(pid: str, net: NetworkId, mac: str, addr: str, owner: str, host: str | None,
+         opts: tuple[ExtraDhcpOpt, ...] = ()) -> PortSpec:
+    return PortSpec(PortId(pid), net, mac, (FixedIp(S1 if net == N1 else S2, ip(addr)),), owner, "dev",
+                    HostName(host) if host else None, extra_dhcp_opts=opts)
+
+
+def snapshot(order: int = 0) -> Snapshot:
+    ports = [
+        port("d0000000-0000-0000-0000-000000000000", N1, "fa:16:3e:00:00:01", "10.0.0.2", "network:dhcp", "h1"),
+        port("p1000000-0000-0000-0000-000000000000", N1, "fa:16:3e:00:00:11", "10.0.0.11", "compute:lab", "h1",
+             (ExtraDhcpOpt("bootfile-name", "pxe.0"),)),
+        port("p2000000-0000-0000-0000-000000000000", N1, "fa:16:3e:00:00:12", "10.0.0.12", "compute:lab", "h2"),
+        port("p3000000-0000-0000-0000-000000000000", N2, "fa:16:3e:00:00:21", "192.168.5.9", "compute:lab", "h1"),
+    ]
+    random.Random(order).shuffle(ports)
+    return Snapshot(
+        revision=5,
+        networks={N1: NetworkSpec(N1, NetworkType.VXLAN, 101, None, 1450),
+                  N2: NetworkSpec(N2, NetworkType.FLAT, None, "physnet1", 1500)},
+        subnets={S1: SubnetSpec(S1, N1, ipaddress.ip_network("10.0.0.0/24"), ip("10.0.0.1"), True,
+                                (ip("10.0.0.53"),), (HostRoute(ipaddress.ip_network("172.16.0.0/12"),
+                                                               ip("10.0.0.254")),)),
+                 S2: SubnetSpec(S2, N2, ipaddress.ip_network("192.168.5.0/24"), None, False)},
+        ports={p.id: p for p in ports},
+        dhcp_networks=frozenset({N1}),
+        hosts={HostName("h1"): HostSpec(HostName("h1"), ip("198.18.0.1")),
+               HostName("h2"): HostSpec(HostName("h2"), ip("198.18.0.2"))},
+    )
+
+
+def test_host_state_golden() -> None:
+    state = compile_host(snapshot(), "h1", "198.18.0.1", {"physnet1": "eth1"})
+    assert [(b.name, b.mtu, b.uplink) for b in state.bridges] == [
+        ("brq11111111-11", 1450, "vxlan-101"), ("brq22222222-22", 1500, "eth1")]
+    [vx] = state.vxlans
+    assert (vx.name, vx.vni, vx.local, vx.flood) == ("vxlan-101", 101, "198.18.0.1", ("198.18.0.2",))
+    assert vx.fdb == (("fa:16:3e:00:00:12", "198.18.0.2"),)
+    assert [(p.device, p.bridge) for p in state.plugs] == [("tapp1000000-00", "brq11111111-11"),
+                                                             ("tapp3000000-00", "brq22222222-22")]
+    [link] = state.port_links
+    assert (link.device, link.peer, link.namespace) == ("tapd0000000-00", "ns-d0000000-00",
+                                                        f"qdhcp-{N1}")
+    assert [str(a) for a in link.addresses] == ["10.0.0.2/24"]
+    assert state.namespaces == (f"qdhcp-{N1}",) and state.problems == ()
+
+
+def test_deterministic_under_shuffles() -> None:
+    first = compile_host(snapshot(0), "h1", "198.18.0.1", {"physnet1": "eth1"})
+    for order in range(1, 20):
+        assert compile_host(snapshot(order), "h1", "198.18.0.1", {"physnet1": "eth1"}) == first
+
+
+def test_unmapped_physnet_and_vlan() -> None:
+    state = compile_host(snapshot(), "h1", "198.18.0.1", {})
+    assert state.problems and "physnet1" in state.problems[0]
+    snap = snapshot()
+    vlan = NetworkSpec(N2, NetworkType.VLAN, 42, "physnet1", 1500)
+    snap = Snapshot(snap.revision, {**snap.networks, N2: vlan}, snap.subnets, snap.ports, snap.dhcp_networks,
+                    snap.hosts)
+    state = compile_host(snap, "h1", "198.18.0.1", {"physnet1": "eth1"})
+    assert [(v.name, v.parent, v.vid) for v in state.vlans] == [("eth1.42", "eth1", 42)]
+    assert state.bridges[1].uplink == "eth1.42"
+
+
+def test_dnsmasq_files_golden() -> None:
+    [spec] = compile_dhcp(snapshot(), "h1")
+    assert (spec.namespace, spec.interface) == (f"qdhcp-{N1}", "ns-d0000000-00")
+    files = render_dnsmasq(spec)
+    assert files.argv_tail == ("--dhcp-range=set:saaaaaaaa00000000,10.0.0.0,static,255.255.255.0,86400s",)
+    assert files.hosts == (
+        "fa:16:3e:00:00:11,set:pp100000000000000,10.0.0.11,host-10-0-0-11,86400s\n"
+        "fa:16:3e:00:00:12,10.0.0.12,host-10-0-0-12,86400s\n")
+    assert files.tagged
+    opts = files.opts.splitlines()
+    assert "tag:saaaaaaaa00000000,option:router,10.0.0.1" in opts
+    assert "tag:saaaaaaaa00000000,option:dns-server,10.0.0.53" in opts
+    assert "tag:saaaaaaaa00000000,option:mtu,1450" in opts
+    assert ("tag:saaaaaaaa00000000,option:classless-static-route,172.16.0.0/12,10.0.0.254,0.0.0.0/0,10.0.0.1"
+            in opts)
+    assert "tag:pp100000000000000,option:bootfile-name,pxe.0" in opts
+    assert compile_dhcp(snapshot(), "h2") == ()  # h2 is not the DHCP host of N1
