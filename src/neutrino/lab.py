@@ -137,7 +137,7 @@ def main(cfg: Config, action: str, args: Any) -> int:
             print(f"instance {spec.name}: port {spec.port_id}, {', '.join(got) or 'no address yet'} "
                   f"({'DHCP' if spec.dhcp else 'static'})")
         elif action == "list":
-            for spec in inst.list():
+            for spec in inst.all():
                 print(f"{spec.name:<12} {spec.port_id}  {', '.join(spec.addresses):<30} "
                       f"{'dhcp' if spec.dhcp else 'static'}  now: {', '.join(inst.address(spec.name)) or '-'}")
         elif action == "exec":

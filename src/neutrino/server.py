@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gc
 import logging
 import os
@@ -82,7 +83,7 @@ async def serve(cfg: Config, app: Starlette, stop: asyncio.Event) -> None:
                                       http="httptools", lifespan="off", timeout_keep_alive=30))
     servers = [uvicorn.Server(c) for c in configs]
     for server in servers:
-        server.install_signal_handlers = lambda: None  # type: ignore[method-assign]
+        server.capture_signals = contextlib.nullcontext  # type: ignore[method-assign,assignment]
     tasks = [asyncio.create_task(server.serve()) for server in servers]
     log.info("API listening on %s%s", cfg.public_url,
              f" and {Path(cfg.state_dir) / cfg.api.socket}" if cfg.api.socket else "")

@@ -65,7 +65,7 @@ class Instances:
         except (OSError, ValueError, TypeError):
             return None
 
-    def list(self) -> list[InstanceSpec]:
+    def all(self) -> list[InstanceSpec]:
         if not self.root.exists():
             return []
         return [s for s in (self.load(d.name) for d in sorted(self.root.iterdir())) if s is not None]
@@ -106,8 +106,9 @@ class Instances:
                               namespace=spec.namespace)
 
     def exec(self, name: str, argv: list[str], **kw: object) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(["ip", "netns", "exec", f"lab-{check_name(name)}", *argv], text=True,
-                              check=False, **kw)  # type: ignore[call-overload]
+        done: subprocess.CompletedProcess[str] = subprocess.run(  # type: ignore[call-overload]
+            ["ip", "netns", "exec", f"lab-{check_name(name)}", *argv], text=True, check=False, **kw)
+        return done
 
     def address(self, name: str) -> list[str]:
         """The instance's global IPv4/IPv6 addresses, as ``ip/prefix``."""

@@ -90,7 +90,8 @@ class Agent:
                                                  start_flag=start))
 
     def reconcile(self, snap: Snapshot) -> tuple[int, set[PortId], list[str]]:
-        changes, wired, errors = 0, set(), []
+        changes, errors = 0, []
+        wired: set[PortId] = set()
         for driver in self.drivers:
             try:
                 result = driver.reconcile(snap)

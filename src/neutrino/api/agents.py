@@ -122,7 +122,8 @@ def routes(api: Api, guarded: Callable[[Handler], Handler]) -> list[BaseRoute]:
             net_service.fetch(conn, ctx, network_id)
             rows = conn.execute(select(agents).join(dhcp_bindings, dhcp_bindings.c.agent_id == agents.c.id)
                                 .where(dhcp_bindings.c.network_id == network_id).order_by(agents.c.host)).all()
-            return view(conn, rows, ctx)
+            found: list[dict[str, Any]] = view(conn, rows, ctx)
+            return found
 
         return json_response({"agents": await api.read(listed)})
 

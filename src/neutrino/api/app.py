@@ -147,7 +147,7 @@ class Api:
 
         def run(conn: Connection) -> tuple[list[dict[str, Any]], bool]:
             stmt, reverse = listing.select_page(conn, b.spec, q, b.scope(ctx))
-            rows = conn.execute(stmt).all()
+            rows = list(conn.execute(stmt).all())
             more = q.limit is not None and len(rows) > q.limit
             rows = rows[: q.limit] if q.limit is not None else rows
             if reverse:

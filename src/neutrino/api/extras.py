@@ -163,7 +163,7 @@ def routes(api: Api, guarded: Callable[[Handler], Handler]) -> list[BaseRoute]:
         if network_ids is not None:
             stmt = stmt.where(networks.c.id.in_(network_ids))
         nets = conn.execute(stmt).all()
-        used = dict(conn.execute(select(ipallocations.c.subnet_id, func.count())
+        used: dict[str, int] = dict(conn.execute(select(ipallocations.c.subnet_id, func.count())
                                  .group_by(ipallocations.c.subnet_id)).all())
         by_net: dict[str, list[Any]] = {}
         for s in conn.execute(select(subnets).order_by(subnets.c.created_at, subnets.c.id)):

@@ -119,8 +119,8 @@ def compile_dhcp(snap: Snapshot, host: str) -> tuple[DhcpServerSpec, ...]:
                 continue
             ptag = port_tag(p.id) if p.extra_dhcp_opts else None
             for f in p.fixed_ips:
-                s = by_id.get(f.subnet_id)
-                if s is None or (s.cidr.version == 6 and (s.ipv6_address_mode or "dhcpv6-stateful")
+                sub = by_id.get(f.subnet_id)
+                if sub is None or (sub.cidr.version == 6 and (sub.ipv6_address_mode or "dhcpv6-stateful")
                                  != "dhcpv6-stateful"):
                     continue
                 hosts.append(DhcpHost(p.mac_address, str(f.ip_address), hostname(f.ip_address, p.dns_name), ptag))

@@ -12,7 +12,7 @@ from __future__ import annotations
 import ipaddress
 from collections.abc import Mapping
 
-from neutrino.agent.model import NetworkType, PortSpec, Snapshot
+from neutrino.agent.model import HostName, NetworkType, PortSpec, Snapshot
 from neutrino.compile.dhcp import DHCP_OWNER, compile_dhcp
 from neutrino.compile.state import (
     BridgeSpec,
@@ -57,7 +57,7 @@ def compile_host(snap: Snapshot, host: str, tunnel_ip: str,
         uplink: str | None = None
         if net.network_type == NetworkType.VXLAN and net.segmentation_id:
             uplink = f"vxlan-{net.segmentation_id}"
-            remotes = sorted(h for h in hosts_of.get(net_id, set()) if h != host and h in snap.hosts)
+            remotes = sorted(HostName(h) for h in hosts_of.get(net_id, set()) if h != host and h in snap.hosts)
             flood = tuple(sorted({str(snap.hosts[h].tunnel_ip) for h in remotes}))
             fdb = tuple(sorted((p.mac_address, str(snap.hosts[p.host].tunnel_ip)) for p in snap.ports.values()
                                if p.network_id == net_id and p.host in remotes and p.host is not None))

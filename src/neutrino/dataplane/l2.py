@@ -11,6 +11,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
+from neutrino.agent.model import PortId
 from neutrino.compile.state import HostState, PortLinkSpec
 from neutrino.dataplane import netlink as nl
 from neutrino.errors import KernelError
@@ -209,7 +210,7 @@ def _apply_one(op: Op, sock: Any) -> None:
         raise KernelError(f"unknown operation {a}", obj=name)
 
 
-def wired(desired: HostState, obs: Observed) -> set[str]:
+def wired(desired: HostState, obs: Observed) -> set[PortId]:
     """Ports whose device is in place and enslaved to the right bridge (they may be reported ACTIVE)."""
     out = set()
     for plug in desired.plugs:

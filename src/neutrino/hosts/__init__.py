@@ -57,7 +57,7 @@ class Underlay:
         return ul
 
     def add_host(self, name: str) -> Host:
-        address = ipaddress.ip_interface(f"{UNDERLAY[len(self.hosts) + 1]}/{UNDERLAY.prefixlen}")
+        address = ipaddress.IPv4Interface(f"{UNDERLAY[len(self.hosts) + 1]}/{UNDERLAY.prefixlen}")
         host = Host.create(f"{self.prefix}-{name}", name, self, address)
         self.hosts.append(host)
         return host
@@ -112,10 +112,13 @@ class Host:
         return ["nsenter", "-t", str(self.pid), "-m", "-n", "--"]
 
     def run(self, argv: Sequence[str], **kw: object) -> subprocess.CompletedProcess[str]:
-        return subprocess.run([*self.enter(), *argv], capture_output=True, text=True, **kw)  # type: ignore[call-overload]
+        done: subprocess.CompletedProcess[str] = subprocess.run(  # type: ignore[call-overload]
+            [*self.enter(), *argv], capture_output=True, text=True, **kw)
+        return done
 
     def popen(self, argv: Sequence[str], **kw: object) -> subprocess.Popen[bytes]:
-        return subprocess.Popen([*self.enter(), *argv], **kw)  # type: ignore[call-overload]
+        proc: subprocess.Popen[bytes] = subprocess.Popen([*self.enter(), *argv], **kw)  # type: ignore[call-overload]
+        return proc
 
     def nested_namespaces(self) -> list[str]:
         if self.holder is None or self.holder.poll() is not None:

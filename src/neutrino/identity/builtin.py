@@ -60,7 +60,7 @@ def _hash(token: str) -> str:
 def _domain_ok(ref: Mapping[str, Any] | None) -> bool:
     if not ref:
         return True
-    return ref.get("id", "default") == "default" and ref.get("name", "Default") == "Default"
+    return bool(ref.get("id", "default") == "default" and ref.get("name", "Default") == "Default")
 
 
 class BuiltinIdentity:

@@ -15,6 +15,7 @@ from collections.abc import Mapping
 from typing import Any
 
 import httpx
+from starlette.routing import BaseRoute
 
 from neutrino.config import Config
 from neutrino.context import RequestContext
@@ -28,7 +29,7 @@ def _expiry(text: str) -> float:
 
 
 class KeystoneIdentity:
-    routes = None
+    routes: BaseRoute | None = None
 
     def __init__(self, cfg: Config) -> None:
         self.cfg = cfg.identity

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
+from starlette.routing import BaseRoute
+
 from neutrino.context import RequestContext
 
 
 class NoAuth:
-    routes = None
+    routes: BaseRoute | None = None
 
     def bootstrap(self) -> None:
         return None

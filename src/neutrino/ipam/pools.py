@@ -26,7 +26,7 @@ class Pool:
 
     def __contains__(self, ip: object) -> bool:
         return isinstance(ip, (ipaddress.IPv4Address, ipaddress.IPv6Address)) \
-            and ip.version == self.start.version and self.start <= ip <= self.end
+            and ip.version == self.start.version and int(self.start) <= int(ip) <= int(self.end)
 
     def as_dict(self) -> dict[str, str]:
         return {"start": str(self.start), "end": str(self.end)}
@@ -67,14 +67,14 @@ def validate_pools(cidr: IPNetwork, pools: Sequence[Pool], gateway: IPAddress | 
     for pool in ordered:
         if pool.start.version != cidr.version or pool.end.version != cidr.version:
             raise PoolError(f"Allocation pool {pool.start}-{pool.end} does not match the IP version of {cidr}")
-        if pool.start > pool.end:
+        if int(pool.start) > int(pool.end):
             raise PoolError(f"Invalid allocation pool: start {pool.start} is after end {pool.end}")
         if not (lo <= int(pool.start) and int(pool.end) <= hi):
             raise PoolError(f"The allocation pool {pool.start}-{pool.end} spans beyond the subnet cidr {cidr}.")
-        if gateway is not None and pool.start <= gateway <= pool.end:
+        if gateway is not None and gateway in pool:
             raise PoolError(f"Gateway ip {gateway} conflicts with allocation pool {pool.start}-{pool.end}")
     for a, b in itertools.pairwise(ordered):
-        if b.start <= a.end:
+        if int(b.start) <= int(a.end):
             raise PoolError(f"Found overlapping allocation pools: {a.start}-{a.end} and {b.start}-{b.end}")
     return ordered
 
