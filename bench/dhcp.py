@@ -136,8 +136,10 @@ def main() -> int:
         while api.get("/v2.0/ports", params={"status": "ACTIVE", "device_owner": "compute:lab",
                                              "fields": "id"}).json()["ports"].__len__() < total:
             time.sleep(0.2)
+        stop_started = time.perf_counter()
         agent.terminate()
-        agent.wait(10)
+        agent.wait(60)
+        rows.append(("agent stop (SIGTERM -> exited)", f"{time.perf_counter() - stop_started:.2f} s"))
         pids_before = sorted(int(f.read_text()) for f in (state / "agent" / "dhcp").glob("*/pid"))
         log_len = len((state / "agent.log").read_text())
         start = time.perf_counter()
@@ -158,7 +160,11 @@ def main() -> int:
     finally:
         if agent is not None:
             agent.terminate()
-            agent.wait(10)
+            try:
+                agent.wait(30)
+            except subprocess.TimeoutExpired:
+                agent.kill()
+                agent.wait()
         underlay.destroy()
         server.stop()
         subprocess.run(["rm", "-rf", str(tmp)], check=False)

@@ -12,9 +12,10 @@ import sys
 import urllib.error
 import urllib.request
 from pathlib import Path
+from typing import Any
 
 from neutrino import __version__, config, logs
-from neutrino.errors import ConfigError
+from neutrino.errors import ConfigError, NeutrinoError
 
 EPILOG = """\
 examples:
@@ -166,39 +167,69 @@ def cmd_agent(cfg: config.Config) -> int:
     return 0
 
 
+def _probe(cfg: config.Config) -> dict[str, object]:
+    """Ask the running server what it knows: agents (alive or not) and resource counts."""
+    from neutrino import lab
+
+    async def run() -> dict[str, object]:
+        api = lab.Api(cfg)
+        agents = (await api.call("GET", "/v2.0/agents"))["agents"]
+        counts = {c: len((await api.call("GET", f"/v2.0/{c}", params={"fields": "id"}))[c])
+                  for c in ("networks", "subnets", "ports")}
+        return {"agents": [{"host": a["host"], "type": a["agent_type"], "alive": a["alive"]} for a in agents],
+                "counts": counts}
+
+    return asyncio.run(run())
+
+
+def _dnsmasq(cfg: config.Config) -> list[dict[str, object]]:
+    from neutrino.dataplane.dnsmasq import DnsmasqSupervisor
+
+    sup = DnsmasqSupervisor(Path(cfg.state_dir).resolve() / "agent")
+    return [{"network": n, "pid": st.pid, "running": st.pid is not None} for n, st in sorted(sup.observe().items())]
+
+
 def cmd_status(args: argparse.Namespace, cfg: config.Config) -> int:
-    report: dict[str, object] = {"state_dir": str(Path(cfg.state_dir).resolve()), "url": cfg.public_url}
+    """What runs, what the server knows, what is broken; exit 1 when anything is."""
+    report: dict[str, Any] = {"state_dir": str(Path(cfg.state_dir).resolve()), "url": cfg.public_url,
+                              "process": None, "agents": [], "counts": {}}
+    problems: list[str] = []
     pid_file = Path(cfg.state_dir) / "neutrino.pid"
-    ok = True
     if pid_file.exists():
         pid, _, url = pid_file.read_text().partition("\n")
         alive = Path(f"/proc/{pid.strip()}").exists()
         report["process"] = {"pid": int(pid), "alive": alive}
         report["url"] = url.strip() or cfg.public_url
-        ok &= alive
-    else:
-        report["process"] = None
+        if not alive:
+            problems.append(f"process {pid.strip()} is gone (stale pid file)")
     try:
         with urllib.request.urlopen(f"{report['url']}/", timeout=3) as resp:
             report["api"] = {"reachable": True, "versions": [v["id"] for v in json.load(resp)["versions"]]}
-    except (urllib.error.URLError, OSError, ValueError, KeyError) as exc:
-        report["api"] = {"reachable": False, "error": str(exc)}
-        ok = False
+        report.update(_probe(cfg))
+    except (urllib.error.URLError, OSError, ValueError, KeyError, NeutrinoError) as exc:
+        report.setdefault("api", {"reachable": False, "error": str(exc)})
+        problems.append(f"API at {report['url']}: {exc}")
+    report["dnsmasq"] = _dnsmasq(cfg)
+    problems += [f"{a['type']} on {a['host']} is not reporting (dead?)" for a in report["agents"] if not a["alive"]]
+    problems += [f"dnsmasq for network {d['network']} is not running" for d in report["dnsmasq"] if not d["running"]]
+    report["problems"] = problems
     if args.json:
         print(json.dumps(report, indent=2))
+        return 0 if not problems else 1
+    print(f"neutrino at {report['url']} (state {report['state_dir']})")
+    proc = report["process"]
+    if proc:
+        print(f"  process: pid {proc['pid']}, {'running' if proc['alive'] else 'DEAD'}")
     else:
-        proc = report["process"]
-        print(f"neutrino at {report['url']} (state {report['state_dir']})")
-        if isinstance(proc, dict):
-            state = "running" if proc["alive"] else "DEAD (stale pid file)"
-            print(f"  process: pid {proc['pid']}, {state}")
-        else:
-            print("  process: not running")
-        api = report["api"]
-        assert isinstance(api, dict)
-        shown = "reachable, " + ",".join(api["versions"]) if api["reachable"] else "UNREACHABLE: " + api["error"]
-        print(f"  api:     {shown}")
-    return 0 if ok else 1
+        print("  process: no pid file here (started from another state dir, or not at all)")
+    if report["counts"]:
+        print("  intent:  " + ", ".join(f"{v} {k}" for k, v in report["counts"].items()))
+    for a in report["agents"]:
+        print(f"  agent:   {a['type']:<20} on {a['host']:<20} {'alive' if a['alive'] else 'DEAD'}")
+    running = sum(1 for d in report["dnsmasq"] if d["running"])
+    print(f"  dnsmasq: {running} running here for {len(report['dnsmasq'])} served networks")
+    print("  status:  " + ("OK" if not problems else "PROBLEMS\n    - " + "\n    - ".join(problems)))
+    return 0 if not problems else 1
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -93,3 +93,5 @@ async def serve(cfg: Config, app: Starlette, stop: asyncio.Event) -> None:
         server.should_exit = True
     stopper.cancel()
     await asyncio.gather(*tasks)
+    if cfg.api.socket:
+        (Path(cfg.state_dir) / cfg.api.socket).unlink(missing_ok=True)
