@@ -57,8 +57,9 @@ def observe(desired: HostState) -> Observed:
     namespaces = set(nl.list_namespaces())
     with nl.socket() as sock:
         root = _view(sock)
-        fdb = {name: nl.fdb_entries(sock, link.index) for name, link in root.links.items() if link.kind == "vxlan"
-               and name.startswith("vxlan-")}
+        vxlans = {link.index: name for name, link in root.links.items()
+                  if link.kind == "vxlan" and name.startswith("vxlan-")}
+        fdb = {vxlans[idx]: entries for idx, entries in nl.fdb_entries(sock, set(vxlans)).items()}
     inside = {}
     for ns in sorted({pl.namespace for pl in desired.port_links} & namespaces):
         with nl.socket(ns) as sock:

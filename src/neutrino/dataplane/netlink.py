@@ -155,8 +155,14 @@ def _run(what: str, obj: str, namespace: str | None, fn: Any, *args: Any, **kw: 
 
 
 def index(sock: Any, name: str) -> int | None:
-    found = sock.link_lookup(ifname=name)
-    return found[0] if found else None
+    """A link's index by name: one RTM_GETLINK request (pyroute2's link_lookup dumps every link)."""
+    try:
+        msgs = sock.link("get", ifname=name)
+    except NetlinkError as exc:
+        if exc.code == errno.ENODEV:
+            return None
+        raise KernelError(f"link lookup failed: {exc}", obj=name, errno=exc.code) from exc
+    return int(msgs[0]["index"]) if msgs else None
 
 
 def add_bridge(sock: Any, name: str, mtu: int, ns: str | None = None) -> None:
@@ -227,13 +233,16 @@ def replace_default_route(sock: Any, gateway: str, version: int, obj: str, ns: s
     _run("set default route", obj, ns, sock.route, "replace", dst=dst, gateway=gateway)
 
 
-def fdb_entries(sock: Any, link: int) -> set[tuple[str, str]]:
-    """(mac, dst) of a VXLAN device's forwarding entries that have a remote destination."""
-    out = set()
-    for msg in sock.fdb("dump", ifindex=link):
-        dst = msg.get_attr("NDA_DST")
-        if msg["ifindex"] == link and dst:
-            out.add((msg.get_attr("NDA_LLADDR").lower(), dst))
+def fdb_entries(sock: Any, links: set[int]) -> dict[int, set[tuple[str, str]]]:
+    """(mac, remote dst) forwarding entries of the given (VXLAN) devices, from one dump of the table."""
+    out: dict[int, set[tuple[str, str]]] = {link: set() for link in links}
+    if not links:
+        return out
+    for msg in sock.fdb("dump"):
+        if msg["ifindex"] in out:
+            dst = msg.get_attr("NDA_DST")
+            if dst:
+                out[msg["ifindex"]].add((msg.get_attr("NDA_LLADDR").lower(), dst))
     return out
 
 
