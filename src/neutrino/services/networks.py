@@ -13,7 +13,7 @@ from neutrino.context import RequestContext
 from neutrino.db.schema import ipallocations, networks, ports, subnets
 from neutrino.errors import Conflict, InUse, InvalidInput, not_found
 from neutrino.services import quotas, standard
-from neutrino.services.core import Core, require_owner, require_writer
+from neutrino.services.core import Core, guard_change, require_writer
 
 DHCP_OWNER = "network:dhcp"
 
@@ -25,10 +25,7 @@ def scope(ctx: RequestContext) -> Any:
 
 
 def fetch(conn: Connection, ctx: RequestContext, network_id: str) -> Any:
-    row = conn.execute(select(networks).where(networks.c.id == network_id, scope(ctx))).first()
-    if row is None:
-        raise not_found("Network", network_id)
-    return row
+    return standard.fetch_visible(conn, networks, scope(ctx), "Network", network_id)
 
 
 def _ranges(specs: Sequence[str]) -> list[tuple[int, int]]:
@@ -127,9 +124,7 @@ def create(core: Core, conn: Connection, ctx: RequestContext, data: dict[str, An
 def update(core: Core, conn: Connection, ctx: RequestContext, network_id: str, data: dict[str, Any],
            if_match: str | None) -> None:
     row = fetch(conn, ctx, network_id)
-    require_writer(ctx, "update_network")
-    require_owner(ctx, row.project_id, "update_network")
-    standard.check_revision(row.revision_number, if_match)
+    guard_change(ctx, row.project_id, "update_network", row.revision_number, if_match)
     values: dict[str, Any] = {}
     for attr, column in (("name", "name"), ("description", "description"), ("admin_state_up", "admin_state_up"),
                          ("shared", "shared"), ("router:external", "router_external"), ("mtu", "mtu"),
@@ -151,9 +146,7 @@ def update(core: Core, conn: Connection, ctx: RequestContext, network_id: str, d
 
 def delete_(core: Core, conn: Connection, ctx: RequestContext, network_id: str, if_match: str | None) -> None:
     row = fetch(conn, ctx, network_id)
-    require_writer(ctx, "delete_network")
-    require_owner(ctx, row.project_id, "delete_network")
-    standard.check_revision(row.revision_number, if_match)
+    guard_change(ctx, row.project_id, "delete_network", row.revision_number, if_match)
     busy = conn.execute(select(ports.c.id).where(ports.c.network_id == network_id,
                                                  ports.c.device_owner != DHCP_OWNER).limit(1)).first()
     if busy is not None:

@@ -10,11 +10,11 @@ from sqlalchemy import Connection, delete, insert, select, true
 
 from neutrino.context import RequestContext
 from neutrino.db.schema import ipallocations, networks, ports
-from neutrino.errors import Conflict, PolicyNotAuthorized, not_found
+from neutrino.errors import Conflict, PolicyNotAuthorized
 from neutrino.ipam.macs import random_mac
 from neutrino.services import addresses, agents, quotas, standard
 from neutrino.services import networks as net_service
-from neutrino.services.core import Core, require_writer
+from neutrino.services.core import Core, guard_change, require_writer
 
 VIF_DETAILS = {"port_filter": True, "connectivity": "l2"}
 
@@ -27,10 +27,7 @@ def scope(ctx: RequestContext) -> Any:
 
 
 def fetch(conn: Connection, ctx: RequestContext, port_id: str) -> Any:
-    row = conn.execute(select(ports).where(ports.c.id == port_id, scope(ctx))).first()
-    if row is None:
-        raise not_found("Port", port_id)
-    return row
+    return standard.fetch_visible(conn, ports, scope(ctx), "Port", port_id)
 
 
 def binding(conn: Connection, core: Core, host: str) -> dict[str, Any]:
@@ -104,8 +101,8 @@ def create(core: Core, conn: Connection, ctx: RequestContext, data: dict[str, An
 def update(core: Core, conn: Connection, ctx: RequestContext, port_id: str, data: dict[str, Any],
            if_match: str | None) -> None:
     row = fetch(conn, ctx, port_id)
-    require_writer(ctx, "update_port")
-    standard.check_revision(row.revision_number, if_match)
+    guard_change(ctx, row.project_id, "update_port", row.revision_number, if_match,
+                 owner_only=False)
     if "mac_address" in data and data["mac_address"] != row.mac_address:
         if not ctx.is_admin:
             raise PolicyNotAuthorized("rule:update_port:mac_address")
@@ -159,8 +156,8 @@ def _keep_current(requested: list[dict[str, Any]], current: list[tuple[str, str]
 
 def delete_(core: Core, conn: Connection, ctx: RequestContext, port_id: str, if_match: str | None) -> None:
     row = fetch(conn, ctx, port_id)
-    require_writer(ctx, "delete_port")
-    standard.check_revision(row.revision_number, if_match)
+    guard_change(ctx, row.project_id, "delete_port", row.revision_number, if_match,
+                 owner_only=False)
     conn.execute(delete(ipallocations).where(ipallocations.c.port_id == port_id))
     standard.set_tags(conn, "port", port_id, [])
     conn.execute(delete(ports).where(ports.c.id == port_id))

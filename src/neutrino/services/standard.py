@@ -14,7 +14,7 @@ from typing import Any
 from sqlalchemy import Connection, Table, delete, insert, select, update
 
 from neutrino.db.schema import changes, tags
-from neutrino.errors import PreconditionFailed
+from neutrino.errors import PreconditionFailed, not_found
 
 
 def now() -> dt.datetime:
@@ -23,6 +23,14 @@ def now() -> dt.datetime:
 
 def iso(ts: dt.datetime) -> str:
     return ts.isoformat(timespec="seconds") + "Z"  # isoformat is ~5x cheaper than strftime
+
+
+def fetch_visible(conn: Connection, table: Table, scope: Any, kind: str, row_id: str) -> Any:
+    """The row if ``scope`` lets the caller see it; NetworkNotFound & co. otherwise."""
+    row = conn.execute(select(table).where(table.c.id == row_id, scope)).first()
+    if row is None:
+        raise not_found(kind, row_id)
+    return row
 
 
 def stamp_new(values: dict[str, Any]) -> dict[str, Any]:

@@ -11,13 +11,13 @@ from sqlalchemy import Connection, delete, insert, select, true
 
 from neutrino.context import RequestContext
 from neutrino.db.schema import ipallocations, networks, ports, subnets
-from neutrino.errors import InUse, InvalidInput, PolicyNotAuthorized, not_found
+from neutrino.errors import InUse, InvalidInput, PolicyNotAuthorized
 from neutrino.ipam.macs import eui64
 from neutrino.ipam.pools import Pool, PoolError, default_pools, usable_range, validate_pools
 from neutrino.services import dhcp, quotas, standard
 from neutrino.services import networks as net_service
 from neutrino.services.addresses import AUTO_ADDRESS_MODES, ROUTER_OWNERS
-from neutrino.services.core import Core, require_owner, require_writer
+from neutrino.services.core import Core, guard_change, require_writer
 
 MAX_DNS_NAMESERVERS = 5
 MAX_HOST_ROUTES = 20
@@ -32,10 +32,7 @@ def scope(ctx: RequestContext) -> Any:
 
 
 def fetch(conn: Connection, ctx: RequestContext, subnet_id: str) -> Any:
-    row = conn.execute(select(subnets).where(subnets.c.id == subnet_id, scope(ctx))).first()
-    if row is None:
-        raise not_found("Subnet", subnet_id)
-    return row
+    return standard.fetch_visible(conn, subnets, scope(ctx), "Subnet", subnet_id)
 
 
 def _pools(cidr: Any, raw: list[dict[str, str]] | None, gateway: Any) -> list[Pool]:
@@ -147,9 +144,7 @@ def _address_existing_ports(conn: Connection, network_id: str, subnet_id: str, c
 def update(core: Core, conn: Connection, ctx: RequestContext, subnet_id: str, data: dict[str, Any],
            if_match: str | None) -> None:
     row = fetch(conn, ctx, subnet_id)
-    require_writer(ctx, "update_subnet")
-    require_owner(ctx, row.project_id, "update_subnet")
-    standard.check_revision(row.revision_number, if_match)
+    guard_change(ctx, row.project_id, "update_subnet", row.revision_number, if_match)
     cidr = ipaddress.ip_network(row.cidr)
     values: dict[str, Any] = {k: data[k] for k in ("name", "description", "enable_dhcp", "dns_nameservers",
                                                    "host_routes", "service_types") if k in data}
@@ -173,9 +168,7 @@ def update(core: Core, conn: Connection, ctx: RequestContext, subnet_id: str, da
 
 def delete_(core: Core, conn: Connection, ctx: RequestContext, subnet_id: str, if_match: str | None) -> None:
     row = fetch(conn, ctx, subnet_id)
-    require_writer(ctx, "delete_subnet")
-    require_owner(ctx, row.project_id, "delete_subnet")
-    standard.check_revision(row.revision_number, if_match)
+    guard_change(ctx, row.project_id, "delete_subnet", row.revision_number, if_match)
     auto = row.ip_version == 6 and row.ipv6_address_mode in AUTO_ADDRESS_MODES
     users = select(ipallocations.c.port_id).join(ports, ports.c.id == ipallocations.c.port_id).where(
         ipallocations.c.subnet_id == subnet_id, ports.c.device_owner != DHCP_OWNER)
