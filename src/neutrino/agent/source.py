@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 import httpx
 
 from neutrino.agent.model import Snapshot
-from neutrino.services.agents import AgentReport, AgentType
+from neutrino.services.agents import AgentReport
 from neutrino.services.ports import set_status
 from neutrino.sync import snapshot
 
@@ -112,5 +112,3 @@ class HttpSource:
     async def aclose(self) -> None:
         await self.client.aclose()
 
-
-__all__ = ["AgentType", "HttpSource", "IntentSource", "LocalSource"]

@@ -1,1 +1,3 @@
-"""(contract documented as the package grows)"""
+"""Server -> agents: ``snapshot`` builds the complete intent of one host from the database (and its JSON
+form); ``feed`` wakes waiting agents when the global change revision moves.
+"""
