@@ -131,13 +131,25 @@ class Agent:
             raise RuntimeError(self.last_error)
         return snap
 
+    async def _beat(self, registered: bool) -> bool:
+        """Heartbeat (the first one registers); a server that cannot be reached is logged, not fatal."""
+        try:
+            await self.heartbeat(start=not registered)
+        except Exception as exc:
+            log.warning("cannot report to the server: %s", exc)
+            return registered
+        return True
+
     async def run(self, stop: asyncio.Event) -> None:
-        await self.heartbeat(start=True)
+        registered = await self._beat(False)
         next_beat = time.monotonic() + self.settings.heartbeat_seconds
         backoff = 0.2
         seen = -1
         poll = PENDING_POLL
         while not stop.is_set():
+            if not registered or time.monotonic() >= next_beat:  # also while passes keep failing
+                registered = await self._beat(registered)
+                next_beat = time.monotonic() + self.settings.heartbeat_seconds
             try:
                 snap = await self.run_once()
                 if snap.revision != seen:
@@ -152,8 +164,7 @@ class Agent:
             while not stop.is_set():
                 now = time.monotonic()
                 if now >= next_beat:
-                    with contextlib.suppress(Exception):
-                        await self.heartbeat()
+                    registered = await self._beat(registered)
                     next_beat = now + self.settings.heartbeat_seconds
                 # While a port waits for its device (an instance's tap), look again soon; else sleep until
                 # the next change or heartbeat.
