@@ -86,16 +86,21 @@ async def create(cfg: Config, name: str, network: str, fixed_ips: list[str], wai
             name=name, port_id=port["id"], network_id=net["id"], mac=port["mac_address"], mtu=net["mtu"],
             addresses=tuple(f"{f['ip_address']}/{ipaddress.ip_network(subnets[f['subnet_id']]['cidr']).prefixlen}"
                             for f in port["fixed_ips"]),
-            gateway=v4[0]["gateway_ip"] if v4 else None, dhcp=any(s["enable_dhcp"] for s in v4))
+            gateway=v4[0]["gateway_ip"] if v4 else None, dhcp=any(s["enable_dhcp"] for s in v4),
+            dhcp6=any(s["enable_dhcp"] and (s["ipv6_address_mode"] or "dhcpv6-stateful") == "dhcpv6-stateful"
+                      for s in mine if s["ip_version"] == 6))
         # pyroute2 runs its own event loop: kernel work happens off this one.
         await asyncio.to_thread(inst.create, spec)
     except BaseException:
         await asyncio.to_thread(inst.delete, name)
         await api.call("DELETE", f"/v2.0/ports/{port['id']}")
         raise
-    if spec.dhcp:
+    if spec.dhcp or spec.dhcp6:
         await _wait_active(api, port["id"], 10.0)
+    if spec.dhcp:
         await asyncio.to_thread(inst.start_dhcp, spec)
+    if spec.dhcp6:
+        await asyncio.to_thread(inst.start_dhcp, spec, 6)
     if wait and spec.dhcp and v4:
         ip = next(f["ip_address"] for f in port["fixed_ips"] if f["subnet_id"] == v4[0]["id"])
         await asyncio.to_thread(inst.wait_for_address, name, ip, wait)

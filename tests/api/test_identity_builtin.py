@@ -48,7 +48,7 @@ def test_token_lifecycle(server: Server) -> None:
 
 def test_tokens_survive_restart_and_expire(tmp_path: Path) -> None:
     db = f"sqlite:///{tmp_path / 'n.db'}"
-    srv = start_server(tmp_path, db, "sqlite", {"NEUTRINO_IDENTITY__TOKEN_TTL_SECONDS": "3"})
+    srv = start_server(tmp_path, db, "sqlite", {"NEUTRINO_IDENTITY__TOKEN_TTL_SECONDS": "12"})
     try:
         token = httpx.post(f"{srv.url}/identity/v3/auth/tokens",
                            json=password_body("admin", "secret")).headers["X-Subject-Token"]
@@ -58,13 +58,13 @@ def test_tokens_survive_restart_and_expire(tmp_path: Path) -> None:
                                                                     "X-Subject-Token": revoked})
     finally:
         srv.stop()
-    srv = start_server(tmp_path, db, "sqlite", {"NEUTRINO_IDENTITY__TOKEN_TTL_SECONDS": "3"})
+    srv = start_server(tmp_path, db, "sqlite", {"NEUTRINO_IDENTITY__TOKEN_TTL_SECONDS": "12"})
     try:
         def status(t: str) -> int:
             return httpx.get(f"{srv.url}/v2.0/networks", headers={"X-Auth-Token": t}).status_code
         assert status(token) == 200
         assert status(revoked) == 401
-        deadline = time.monotonic() + 15
+        deadline = time.monotonic() + 30
         while status(token) != 401:
             assert time.monotonic() < deadline, "token outlived its expiry"
             time.sleep(0.3)

@@ -9,6 +9,7 @@ user would on a console. Bookkeeping lives in ``<state>/instances/NAME/instance.
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
 import json
 import os
@@ -38,7 +39,8 @@ class InstanceSpec:
     mtu: int
     addresses: tuple[str, ...]   # ip/prefix of the port's fixed IPs
     gateway: str | None
-    dhcp: bool                   # at least one of its subnets has DHCP enabled
+    dhcp: bool                   # one of its IPv4 subnets has DHCP enabled
+    dhcp6: bool = False          # one of its IPv6 subnets is dhcpv6-stateful (SLAAC needs no client)
 
     @property
     def namespace(self) -> str:
@@ -49,6 +51,11 @@ def check_name(name: str) -> str:
     if not NAME.match(name):
         raise ValueError(f"instance name {name!r}: use 1-11 lower-case letters, digits or '-'")
     return name
+
+
+def _slaac(iface: ipaddress.IPv4Interface | ipaddress.IPv6Interface) -> bool:
+    """An EUI-64 address (ff:fe in the middle of the interface id): the kernel forms it from RAs."""
+    return iface.version == 6 and (int(iface.ip) >> 24) & 0xFFFF == 0xFFFE
 
 
 class Instances:
@@ -81,22 +88,30 @@ class Instances:
         with nl.socket(spec.namespace) as sock:
             nl.set_link(sock, "eth0", spec.namespace, address=spec.mac)
             nl.set_link(sock, "lo", spec.namespace, state="up")
+            # No DAD on the instance's link: dhclient -6 needs a usable link-local address at once, and
+            # every address on this link is handed out by IPAM anyway.
+            subprocess.run(["ip", "netns", "exec", spec.namespace, "sysctl", "-qw",
+                            "net.ipv6.conf.eth0.accept_dad=0"], check=False, capture_output=True)
             nl.set_link(sock, "eth0", spec.namespace, state="up")
-            if not spec.dhcp:
-                idx = nl.index(sock, "eth0")
-                assert idx is not None
-                for addr in spec.addresses:
-                    nl.add_address(sock, idx, ipaddress.ip_interface(addr), "eth0", spec.namespace)
-                if spec.gateway:
-                    nl.replace_default_route(sock, spec.gateway, ipaddress.ip_address(spec.gateway).version,
-                                             "eth0", spec.namespace)
+            idx = nl.index(sock, "eth0")
+            assert idx is not None
+            for addr in spec.addresses:  # what no DHCP client will configure: like a console user would
+                iface = ipaddress.ip_interface(addr)
+                if (iface.version == 4 and not spec.dhcp) or (iface.version == 6 and not spec.dhcp6 and
+                                                              not _slaac(iface)):
+                    nl.add_address(sock, idx, iface, "eth0", spec.namespace)
+            if not spec.dhcp and spec.gateway:
+                nl.replace_default_route(sock, spec.gateway, ipaddress.ip_address(spec.gateway).version,
+                                         "eth0", spec.namespace)
 
-    def start_dhcp(self, spec: InstanceSpec) -> None:
+    def start_dhcp(self, spec: InstanceSpec, version: int = 4) -> None:
         """Start the instance's DHCP client (once its tap is plugged, so the first DISCOVER is heard)."""
         d = self.dir(spec.name)
         (d / "dhclient.conf").write_text(DHCLIENT_CONF)
-        argv = ["ip", "netns", "exec", spec.namespace, "dhclient", "-4", "-nw", "-cf", str(d / "dhclient.conf"),
-                "-sf", str(SCRIPT), "-pf", str(d / "dhclient.pid"), "-lf", str(d / "dhclient.leases"), "eth0"]
+        tag = "" if version == 4 else "6"
+        argv = ["ip", "netns", "exec", spec.namespace, "dhclient", f"-{version}", "-nw", "-cf",
+                str(d / "dhclient.conf"), "-sf", str(SCRIPT), "-pf", str(d / f"dhclient{tag}.pid"),
+                "-lf", str(d / f"dhclient{tag}.leases"), "eth0"]
         # A file, not a pipe, for the daemon's output (see dataplane.dnsmasq: no SIGPIPE later).
         with open(d / "dhclient.log", "w") as out:
             proc = subprocess.run(argv, stdin=subprocess.DEVNULL, stdout=out, stderr=out, start_new_session=True,
@@ -130,12 +145,9 @@ class Instances:
     def delete(self, name: str) -> InstanceSpec | None:
         spec = self.load(name)
         d = self.dir(name)
-        pid_file = d / "dhclient.pid"
-        try:
-            pid = int(pid_file.read_text().strip())
-            os.kill(pid, signal.SIGTERM)
-        except (OSError, ValueError):
-            pass
+        for pid_file in (d / "dhclient.pid", d / "dhclient6.pid"):
+            with contextlib.suppress(OSError, ValueError):
+                os.kill(int(pid_file.read_text().strip()), signal.SIGTERM)
         if f"lab-{name}" in nl.list_namespaces():
             nl.remove_namespace(f"lab-{name}")  # the veth pair, tap included, goes with it
         if spec is not None:
