@@ -1,87 +1,360 @@
-"""The builtin Keystone subset: what keystoneauth, openstacksdk and the CLI rely on."""
+"""The builtin Keystone subset, served by uvicorn, driven by keystoneauth1, openstacksdk and the openstack CLI.
+
+The server here is a small app holding only the identity routes plus ``/probe``, which authenticates the
+request exactly as the API server does (``Identity.authenticate``) and echoes the context, so these tests
+see what an API request would see. It runs as a real process so that "restart" is a real restart.
+"""
 
 from __future__ import annotations
 
+import json
+import os
+import socket
+import subprocess
+import sys
 import time
 import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import httpx
 import openstack
 import pytest
+from keystoneauth1 import discover, session
+from keystoneauth1.identity import v3
 
-from tests.api.conftest import Cli, Server, start_server
+ROOT = Path(__file__).resolve().parents[2]
+VENV_BIN = Path(sys.executable).parent
+ADMIN_PASSWORD = "s3cret-admin"
+
+SERVER = """
+import os, uvicorn
+from starlette.applications import Starlette
+from starlette.responses import JSONResponse
+from starlette.routing import Route
+from neutrino import config
+from neutrino.db.engine import Database
+from neutrino.db.schema import metadata
+from neutrino.errors import Unauthorized
+from neutrino.identity import build_identity
+import neutrino.identity.schema
+
+cfg = config.load()
+db = Database(cfg.database_url)
+metadata.create_all(db.engine)
+identity = build_identity(cfg, db)
+identity.bootstrap()
+
+async def probe(request):
+    try:
+        ctx = await identity.authenticate(request.headers)
+    except Unauthorized as exc:
+        return JSONResponse(exc.body(), exc.status)
+    return JSONResponse({"user_id": ctx.user_id, "project_id": ctx.project_id, "roles": sorted(ctx.roles),
+                         "user_name": ctx.user_name, "project_name": ctx.project_name})
+
+app = Starlette(routes=[identity.routes, Route("/probe", probe)])
+uvicorn.run(app, host="127.0.0.1", port=cfg.api.port, log_level="warning")
+"""
 
 
-def password_body(user: str, password: str, project: str | None = "admin") -> dict[str, object]:
-    auth: dict[str, object] = {"identity": {"methods": ["password"], "password": {"user": {
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@dataclass
+class IdentityServer:
+    url: str
+    state: Path
+    env: dict[str, str]
+    proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def auth_url(self) -> str:
+        return f"{self.url}/identity/v3"
+
+    def start(self) -> None:
+        log = open(self.state / "server.log", "ab")  # noqa: SIM115  (the child keeps it)
+        self.proc = subprocess.Popen([sys.executable, "-c", SERVER], env=self.env, cwd=ROOT, stdout=log, stderr=log)
+        log.close()
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                if httpx.get(f"{self.auth_url}", timeout=1).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                self.stop()
+                raise RuntimeError("identity server did not start:\n" + (self.state / "server.log").read_text())
+            time.sleep(0.05)
+
+    def stop(self) -> None:
+        if self.proc is None:
+            return
+        self.proc.terminate()
+        try:
+            self.proc.wait(10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+        self.proc = None
+
+    def probe(self, token: str) -> httpx.Response:
+        return httpx.get(f"{self.url}/probe", headers={"X-Auth-Token": token})
+
+    def password_token(self, user: str, password: str, project: str | None = "admin") -> httpx.Response:
+        return httpx.post(f"{self.auth_url}/auth/tokens", json=password_body(user, password, project))
+
+    def admin_token(self) -> str:
+        resp = self.password_token("admin", ADMIN_PASSWORD)
+        assert resp.status_code == 201, resp.text
+        return resp.headers["X-Subject-Token"]
+
+
+def password_body(user: str, password: str, project: str | None = "admin") -> dict[str, Any]:
+    auth: dict[str, Any] = {"identity": {"methods": ["password"], "password": {"user": {
         "name": user, "domain": {"name": "Default"}, "password": password}}}}
     if project:
         auth["scope"] = {"project": {"name": project, "domain": {"name": "Default"}}}
     return {"auth": auth}
 
 
-def test_token_lifecycle(server: Server) -> None:
-    url = f"{server.url}/identity/v3"
-    assert httpx.get(url).json()["version"]["id"].startswith("v3")
-    bad = httpx.post(f"{url}/auth/tokens", json=password_body("admin", "wrong"))
-    assert bad.status_code == 401 and bad.json()["error"]["code"] == 401
-    ok = httpx.post(f"{url}/auth/tokens", json=password_body("admin", "secret"))
-    assert ok.status_code == 201
-    token = ok.headers["X-Subject-Token"]
-    body = ok.json()["token"]
-    assert {r["name"] for r in body["roles"]} >= {"admin", "member", "reader"}
-    network = next(s for s in body["catalog"] if s["type"] == "network")
-    assert {e["url"] for e in network["endpoints"]} == {server.url}
-    h = {"X-Auth-Token": token, "X-Subject-Token": token}
-    assert httpx.get(f"{url}/auth/tokens", headers=h).json()["token"]["user"]["name"] == "admin"
-    # Re-scope with the token method, then revoke: both tokens are independent.
-    rescoped = httpx.post(f"{url}/auth/tokens", json={"auth": {"identity": {"methods": ["token"],
-                          "token": {"id": token}}, "scope": {"project": {"name": "admin",
-                                                                         "domain": {"name": "Default"}}}}})
-    assert rescoped.status_code == 201
-    assert httpx.delete(f"{url}/auth/tokens", headers=h).status_code == 204
-    assert httpx.get(f"{server.url}/v2.0/networks", headers={"X-Auth-Token": token}).status_code == 401
-    other = rescoped.headers["X-Subject-Token"]
-    assert httpx.get(f"{server.url}/v2.0/networks", headers={"X-Auth-Token": other}).status_code == 200
+def make_server(tmp: Path, **settings: str) -> IdentityServer:
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("NEUTRINO_", "OS_"))}
+    env.update({"NEUTRINO_STATE_DIR": str(tmp), "NEUTRINO_API__PORT": str(port),
+                "NEUTRINO_IDENTITY__ADMIN_PASSWORD": ADMIN_PASSWORD, "NEUTRINO_IDENTITY__REGION": "RegionTest"})
+    env.update({f"NEUTRINO_IDENTITY__{k.upper()}": v for k, v in settings.items()})
+    return IdentityServer(f"http://127.0.0.1:{port}", tmp, env)
 
 
-def test_tokens_survive_restart_and_expire(tmp_path: Path) -> None:
-    db = f"sqlite:///{tmp_path / 'n.db'}"
-    srv = start_server(tmp_path, db, "sqlite", {"NEUTRINO_IDENTITY__TOKEN_TTL_SECONDS": "12"})
+@pytest.fixture(scope="module")
+def ids(tmp_path_factory: pytest.TempPathFactory) -> Iterator[IdentityServer]:
+    srv = make_server(tmp_path_factory.mktemp("identity"))
+    srv.start()
     try:
-        token = httpx.post(f"{srv.url}/identity/v3/auth/tokens",
-                           json=password_body("admin", "secret")).headers["X-Subject-Token"]
-        revoked = httpx.post(f"{srv.url}/identity/v3/auth/tokens",
-                             json=password_body("admin", "secret")).headers["X-Subject-Token"]
-        httpx.delete(f"{srv.url}/identity/v3/auth/tokens", headers={"X-Auth-Token": token,
-                                                                    "X-Subject-Token": revoked})
-    finally:
-        srv.stop()
-    srv = start_server(tmp_path, db, "sqlite", {"NEUTRINO_IDENTITY__TOKEN_TTL_SECONDS": "12"})
-    try:
-        def status(t: str) -> int:
-            return httpx.get(f"{srv.url}/v2.0/networks", headers={"X-Auth-Token": t}).status_code
-        assert status(token) == 200
-        assert status(revoked) == 401
-        deadline = time.monotonic() + 30
-        while status(token) != 401:
-            assert time.monotonic() < deadline, "token outlived its expiry"
-            time.sleep(0.3)
+        yield srv
     finally:
         srv.stop()
 
 
-def test_operator_adds_a_tenant_with_the_cli(cli: Cli, server: Server) -> None:
+def admin_session(srv: IdentityServer, **kw: str) -> session.Session:
+    args = {"username": "admin", "password": ADMIN_PASSWORD, "project_name": "admin",
+            "user_domain_name": "Default", "project_domain_name": "Default", **kw}
+    return session.Session(auth=v3.Password(auth_url=srv.auth_url, **args))
+
+
+def test_version_discovery(ids: IdentityServer) -> None:
+    sess = session.Session()
+    for url in (f"{ids.url}/identity", ids.auth_url):
+        found = discover.Discover(sess, url).version_data()
+        assert [d["version"] for d in found] == [(3, 14)]
+        assert found[0]["url"] == f"{ids.auth_url}/"
+    listing = httpx.get(f"{ids.url}/identity/")
+    assert listing.status_code == 300 and listing.json()["versions"]["values"][0]["status"] == "stable"
+    missing = httpx.get(f"{ids.auth_url}/no-such-thing")
+    assert missing.status_code == 404 and missing.json()["error"]["code"] == 404
+
+
+def test_password_auth_and_catalog_with_keystoneauth(ids: IdentityServer) -> None:
+    sess = admin_session(ids)
+    access = sess.auth.get_access(sess)  # type: ignore[union-attr]
+    assert access.project_name == "admin" and access.username == "admin"
+    assert set(access.role_names) == {"admin", "member", "reader"}
+    assert access.expires > access.issued and access.audit_id
+    assert sess.get_endpoint(service_type="network", interface="public") == ids.url
+    assert sess.get_endpoint(service_type="network", interface="internal", region_name="RegionTest") == ids.url
+    assert sess.get_endpoint(service_type="identity", interface="admin") == ids.auth_url
+    # The same identity by ids instead of names.
+    by_id = session.Session(auth=v3.Password(auth_url=ids.auth_url, user_id=access.user_id,
+                                             password=ADMIN_PASSWORD, project_id=access.project_id))
+    assert by_id.auth.get_access(by_id).project_id == access.project_id  # type: ignore[union-attr]
+    who = ids.probe(sess.get_token()).json()  # type: ignore[arg-type]
+    assert who["user_id"] == access.user_id and who["project_id"] == access.project_id
+    assert who["roles"] == ["admin", "member", "reader"]
+
+
+def test_unscoped_requests(ids: IdentityServer) -> None:
+    # No scope: the user's default project, as Keystone does.
+    scoped = ids.password_token("admin", ADMIN_PASSWORD, project=None)
+    assert scoped.status_code == 201 and scoped.json()["token"]["project"]["name"] == "admin"
+    # Explicitly unscoped: no project, no roles, no catalog; the API sees no roles.
+    body = password_body("admin", ADMIN_PASSWORD, project=None)
+    body["auth"]["scope"] = "unscoped"
+    unscoped = httpx.post(f"{ids.auth_url}/auth/tokens", json=body)
+    assert unscoped.status_code == 201
+    assert not {"project", "roles", "catalog"} & set(unscoped.json()["token"])
+    who = ids.probe(unscoped.headers["X-Subject-Token"]).json()
+    assert who["project_id"] == "" and who["roles"] == []
+    projects = httpx.get(f"{ids.auth_url}/auth/projects",
+                         headers={"X-Auth-Token": unscoped.headers["X-Subject-Token"]}).json()["projects"]
+    assert [p["name"] for p in projects] == ["admin"]
+
+
+@pytest.mark.parametrize("user,password,project", [
+    ("admin", "wrong", "admin"), ("nobody", "x", "admin"), ("admin", ADMIN_PASSWORD, "no-such-project")])
+def test_bad_credentials_are_401_in_keystone_shape(ids: IdentityServer, user: str, password: str,
+                                                   project: str) -> None:
+    resp = ids.password_token(user, password, project)
+    assert resp.status_code == 401
+    assert resp.json()["error"]["code"] == 401 and resp.json()["error"]["title"] == "Unauthorized"
+    assert "X-Subject-Token" not in resp.headers
+
+
+def test_malformed_auth_is_400(ids: IdentityServer) -> None:
+    for body in ({}, {"auth": {"identity": {"methods": "password"}}}, {"auth": {"identity": {"methods": ["password"],
+                                                                                           "password": []}}}):
+        resp = httpx.post(f"{ids.auth_url}/auth/tokens", json=body)
+        assert resp.status_code == 400 and resp.json()["error"]["code"] == 400
+    resp = httpx.post(f"{ids.auth_url}/auth/tokens", content=b"{not json")
+    assert resp.status_code == 400
+
+
+def test_validate_rescope_and_revoke(ids: IdentityServer) -> None:
+    admin = ids.admin_token()
+    token = ids.admin_token()
+    h = {"X-Auth-Token": admin, "X-Subject-Token": token}
+    shown = httpx.get(f"{ids.auth_url}/auth/tokens", headers=h)
+    assert shown.status_code == 200 and shown.headers["X-Subject-Token"] == token
+    assert shown.json()["token"]["user"]["name"] == "admin" and shown.json()["token"]["catalog"]
+    assert "catalog" not in httpx.get(f"{ids.auth_url}/auth/tokens?nocatalog", headers=h).json()["token"]
+    assert httpx.head(f"{ids.auth_url}/auth/tokens", headers=h).status_code == 200
+    rescoped = httpx.post(f"{ids.auth_url}/auth/tokens", json={"auth": {
+        "identity": {"methods": ["token"], "token": {"id": token}},
+        "scope": {"project": {"name": "admin", "domain": {"id": "default"}}}}})
+    assert rescoped.status_code == 201, rescoped.text
+    child = rescoped.json()["token"]
+    assert child["expires_at"] <= shown.json()["token"]["expires_at"] and "token" in child["methods"]
+
+    assert httpx.delete(f"{ids.auth_url}/auth/tokens", headers=h).status_code == 204
+    assert ids.probe(token).status_code == 401
+    assert httpx.get(f"{ids.auth_url}/auth/tokens", headers=h).status_code == 404
+    assert httpx.delete(f"{ids.auth_url}/auth/tokens", headers=h).status_code == 404
+    # The re-scoped token is a token of its own, as on Keystone: revoking its parent leaves it alone.
+    assert ids.probe(rescoped.headers["X-Subject-Token"]).status_code == 200
+    refused = httpx.post(f"{ids.auth_url}/auth/tokens", json={"auth": {"identity": {
+        "methods": ["token"], "token": {"id": token}}}})
+    assert refused.status_code == 401
+    assert httpx.get(f"{ids.auth_url}/auth/tokens", headers={"X-Auth-Token": "bogus",
+                                                                 "X-Subject-Token": admin}).status_code == 401
+
+
+def test_operator_adds_a_tenant_with_the_cli(ids: IdentityServer) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("OS_")}
+    env.update({"OS_AUTH_URL": ids.auth_url, "OS_USERNAME": "admin", "OS_PASSWORD": ADMIN_PASSWORD,
+                "OS_PROJECT_NAME": "admin", "OS_USER_DOMAIN_NAME": "Default", "OS_PROJECT_DOMAIN_NAME": "Default",
+                "OS_IDENTITY_API_VERSION": "3", "OS_REGION_NAME": "RegionTest"})
+
+    def cli(*args: str) -> Any:
+        out = subprocess.run([str(VENV_BIN / "openstack"), *args, "-f", "json"], env=env, capture_output=True,
+                             text=True, timeout=120)
+        assert out.returncode == 0, out.stderr
+        return json.loads(out.stdout) if out.stdout.strip() else None
+
+    issued = cli("token", "issue")
+    assert issued["id"] and issued["project_id"] and issued["user_id"]
+    services = {s["Type"]: s for s in cli("catalog", "list")}
+    assert services["network"]["Name"] == "neutron" and ids.url in str(services["network"]["Endpoints"])
     name = f"t-{uuid.uuid4().hex[:6]}"
-    project = cli("project", "create", name)
-    user = cli("user", "create", name, "--password", "pw", "--project", project["id"])
-    cli("role", "add", "--user", user["id"], "--project", project["id"], "member", fmt=False)
+    project = cli("project", "create", name, "--description", "a tenant")
+    user = cli("user", "create", name, "--password", "pw-" + name, "--project", name)
+    assert user["default_project_id"] == project["id"]
+    subprocess.run([str(VENV_BIN / "openstack"), "role", "add", "--user", name, "--project", name, "member"],
+                   env=env, check=True, capture_output=True, timeout=120)
+    assert {p["Name"] for p in cli("project", "list")} >= {"admin", name}
+    assigned = cli("role", "assignment", "list", "--user", user["id"], "--project", project["id"])
+    assert [a["Role"] for a in assigned] == [cli("role", "show", "member")["id"]]
+
     conn = openstack.connection.Connection(auth={
-        "auth_url": f"{server.url}/identity/v3", "username": name, "password": "pw", "project_name": name,
+        "auth_url": ids.auth_url, "username": name, "password": "pw-" + name, "project_name": name,
         "user_domain_name": "Default", "project_domain_name": "Default"}, identity_api_version="3")
-    net = conn.network.create_network(name="own")
-    assert net.project_id == project["id"]
-    conn.network.delete_network(net)
-    with pytest.raises(openstack.exceptions.HttpException):
-        conn.identity.create_project(name="not-allowed")
+    try:
+        conn.authorize()
+        assert conn.current_project_id == project["id"]
+        assert conn.session.get_endpoint(service_type="network", interface="public") == ids.url
+        who = ids.probe(conn.auth_token).json()
+        assert who["project_id"] == project["id"] and who["roles"] == ["member", "reader"]
+        with pytest.raises(openstack.exceptions.ForbiddenException):
+            conn.identity.create_project(name="not-allowed")
+    finally:
+        conn.close()
+
+
+def test_grants_users_and_projects_govern_tokens(ids: IdentityServer) -> None:
+    sess = admin_session(ids)
+    admin = openstack.connection.Connection(session=sess, identity_api_version="3")
+    name = f"g-{uuid.uuid4().hex[:6]}"
+    project = admin.identity.create_project(name=name, domain_id="default")
+    user = admin.identity.create_user(name=name, password="pw", default_project_id=project.id)
+    member = admin.identity.find_role("member")
+    admin.identity.assign_project_role_to_user(project, user, member)
+    assert admin.identity.validate_user_has_project_role(project, user, member)
+
+    def login() -> str:
+        resp = ids.password_token(name, "pw", name)
+        assert resp.status_code == 201, resp.text
+        return resp.headers["X-Subject-Token"]
+
+    token = login()
+    assert ids.probe(token).status_code == 200
+    admin.identity.unassign_project_role_from_user(project, user, member)
+    assert ids.probe(token).status_code == 401  # the last role went: so did the token
+    assert ids.password_token(name, "pw", name).status_code == 401
+    admin.identity.assign_project_role_to_user(project, user, member)
+    token = login()
+    admin.identity.update_user(user, password="pw2")
+    assert ids.probe(token).status_code == 401  # a new password revokes the old tokens
+    assert ids.password_token(name, "pw", name).status_code == 401
+    assert ids.password_token(name, "pw2", name).status_code == 201
+    admin.identity.update_project(project, enabled=False)
+    assert ids.password_token(name, "pw2", name).status_code == 401
+    admin.identity.delete_project(project)
+    admin.identity.delete_user(user)
+    assert admin.identity.find_user(name) is None
+    dup = httpx.post(f"{ids.auth_url}/projects", json={"project": {"name": "admin"}},
+                     headers={"X-Auth-Token": sess.get_token()})  # type: ignore[dict-item]
+    assert dup.status_code == 409 and dup.json()["error"]["code"] == 409
+    admin.close()
+
+
+def test_tokens_and_revocations_survive_a_restart(tmp_path: Path) -> None:
+    srv = make_server(tmp_path)
+    srv.start()
+    try:
+        token, revoked = srv.admin_token(), srv.admin_token()
+        assert httpx.delete(f"{srv.auth_url}/auth/tokens",
+                            headers={"X-Auth-Token": token, "X-Subject-Token": revoked}).status_code == 204
+        before = srv.probe(token).json()
+    finally:
+        srv.stop()
+    srv.start()
+    try:
+        assert srv.probe(token).json() == before
+        assert srv.probe(revoked).status_code == 401
+    finally:
+        srv.stop()
+    stored = (tmp_path / "neutrino.db").read_bytes()
+    assert token.encode() not in stored and revoked.encode() not in stored  # only hashes are kept
+
+
+def test_expired_tokens_are_refused(tmp_path: Path) -> None:
+    srv = make_server(tmp_path, token_ttl_seconds="2")
+    srv.start()
+    try:
+        token = srv.admin_token()
+        assert srv.probe(token).status_code == 200  # now cached, and still refused at expiry
+        deadline = time.monotonic() + 10
+        while srv.probe(token).status_code != 401:
+            assert time.monotonic() < deadline, "a token outlived its expiry"
+            time.sleep(0.2)
+        h = {"X-Auth-Token": srv.admin_token(), "X-Subject-Token": token}
+        assert httpx.get(f"{srv.auth_url}/auth/tokens", headers=h).status_code == 404
+        assert httpx.post(f"{srv.auth_url}/auth/tokens", json={"auth": {"identity": {
+            "methods": ["token"], "token": {"id": token}}}}).status_code == 401
+    finally:
+        srv.stop()

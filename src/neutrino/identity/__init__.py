@@ -5,7 +5,9 @@
 - ``keystone``: tokens are validated against an external Keystone, with a small cache.
 - ``noauth``: development only; headers say who you are.
 
-Every mode gives the API the same thing: ``authenticate(headers) -> RequestContext`` or ``Unauthorized``.
+Every mode gives the API the same thing: ``authenticate(headers) -> RequestContext``, raising
+``Unauthorized`` for a missing, invalid, expired or revoked token. It is on every request's path, so
+validated tokens are cached in memory (keyed by a hash of the token).
 """
 
 from __future__ import annotations
@@ -22,11 +24,13 @@ from neutrino.errors import ConfigError
 
 
 class Identity(Protocol):
-    routes: BaseRoute | None
+    routes: BaseRoute | None  # Mount("/identity", ...) in builtin mode, else None
 
-    def bootstrap(self) -> None: ...
+    def bootstrap(self) -> None:
+        """Idempotent: create the initial rows (the tables must exist)."""
 
-    async def authenticate(self, headers: Mapping[str, str]) -> RequestContext: ...
+    async def authenticate(self, headers: Mapping[str, str]) -> RequestContext:
+        """The caller's context; raises neutrino.errors.Unauthorized for a bad or missing token."""
 
     async def aclose(self) -> None: ...
 
@@ -37,6 +41,8 @@ def build_identity(cfg: Config, db: Database) -> Identity:
         from neutrino.identity.builtin import BuiltinIdentity
         return BuiltinIdentity(cfg, db)
     if mode == "keystone":
+        if not cfg.identity.auth_url:
+            raise ConfigError("identity.mode keystone needs identity.auth_url (Keystone's URL)")
         from neutrino.identity.keystone import KeystoneIdentity
         return KeystoneIdentity(cfg)
     if mode == "noauth":

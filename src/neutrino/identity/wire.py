@@ -1,0 +1,106 @@
+"""Keystone's wire conventions: error bodies, timestamps, JSON bodies, per-method dispatch.
+
+Identity routes answer in Keystone's shape (``{"error": {"code", "title", "message"}}``), not Neutron's,
+because keystoneauth and the CLI read that shape for identity calls.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any
+
+import orjson
+from starlette.requests import Request
+from starlette.responses import Response
+
+log = logging.getLogger(__name__)
+
+Handler = Callable[[Request], Awaitable[Response]]
+
+TITLES = {400: "Bad Request", 401: "Unauthorized", 403: "Forbidden", 404: "Not Found",
+          405: "Method Not Allowed", 409: "Conflict", 500: "Internal Server Error"}
+AUTH_REQUIRED = "The request you have made requires authentication."
+NOT_ALLOWED = "You are not authorized to perform the requested action."
+
+
+class KeystoneError(Exception):
+    """An identity request failed; rendered in Keystone's error shape."""
+
+    def __init__(self, code: int, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.title = TITLES.get(code, "Error")
+        self.message = message
+
+
+def unauthorized(message: str = AUTH_REQUIRED) -> KeystoneError:
+    return KeystoneError(401, message)
+
+
+def forbidden() -> KeystoneError:
+    return KeystoneError(403, NOT_ALLOWED)
+
+
+def not_found(kind: str, ref: str) -> KeystoneError:
+    return KeystoneError(404, f"Could not find {kind}: {ref}.")
+
+
+def bad_request(message: str) -> KeystoneError:
+    return KeystoneError(400, message)
+
+
+def header(headers: Mapping[str, str], name: str) -> str:
+    """A header from Starlette's case-insensitive headers, or from a plain dict in either spelling."""
+    return headers.get(name.lower()) or headers.get(name) or ""
+
+
+def json_response(body: Any, status: int = 200, headers: Mapping[str, str] | None = None) -> Response:
+    return Response(orjson.dumps(body), status_code=status, media_type="application/json", headers=headers)
+
+
+def error_response(exc: KeystoneError) -> Response:
+    return json_response({"error": {"code": exc.code, "title": exc.title, "message": exc.message}}, exc.code)
+
+
+def timestamp(value: dt.datetime) -> str:
+    """Keystone's timestamp format (naive UTC in, ``...Z`` out)."""
+    return value.strftime("%Y-%m-%dT%H:%M:%S.000000Z")
+
+
+async def json_body(request: Request, key: str) -> dict[str, Any]:
+    """``{key: {...}}`` from the request body, or a 400 in Keystone's words."""
+    try:
+        body = orjson.loads(await request.body())
+    except orjson.JSONDecodeError:
+        raise bad_request("Malformed request body.") from None
+    inner = body.get(key) if isinstance(body, dict) else None
+    if not isinstance(inner, dict):
+        raise bad_request(f"Expecting to find {key} in request body.")
+    return inner
+
+
+def dispatch(handlers: Mapping[str, Handler]) -> Handler:
+    """One endpoint for several methods: KeystoneError becomes Keystone's error body, an unknown method 405."""
+    allowed = {m.upper(): h for m, h in handlers.items()}
+    if "GET" in allowed and "HEAD" not in allowed:
+        allowed["HEAD"] = allowed["GET"]
+
+    async def endpoint(request: Request) -> Response:
+        handler = allowed.get(request.method)
+        try:
+            if handler is None:
+                raise KeystoneError(405, f"The method {request.method} is not allowed for this resource.")
+            return await handler(request)
+        except KeystoneError as exc:
+            return error_response(exc)
+        except Exception:
+            log.exception("identity request %s %s failed", request.method, request.url.path)
+            return error_response(KeystoneError(500, "An unexpected error prevented the server from "
+                                                     "fulfilling your request."))
+
+    return endpoint
+
+
+ALL_METHODS = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE"]
