@@ -17,13 +17,14 @@ import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import httpx
 import openstack
 import pytest
 from keystoneauth1 import discover, session
 from keystoneauth1.identity import v3
+from openstack.identity.v3._proxy import Proxy as IdentityV3
 
 ROOT = Path(__file__).resolve().parents[2]
 VENV_BIN = Path(sys.executable).parent
@@ -144,8 +145,8 @@ def ids(tmp_path_factory: pytest.TempPathFactory) -> Iterator[IdentityServer]:
 
 
 def admin_session(srv: IdentityServer, **kw: str) -> session.Session:
-    args = {"username": "admin", "password": ADMIN_PASSWORD, "project_name": "admin",
-            "user_domain_name": "Default", "project_domain_name": "Default", **kw}
+    args: dict[str, Any] = {"username": "admin", "password": ADMIN_PASSWORD, "project_name": "admin",
+                            "user_domain_name": "Default", "project_domain_name": "Default", **kw}
     return session.Session(auth=v3.Password(auth_url=srv.auth_url, **args))
 
 
@@ -277,10 +278,10 @@ def test_operator_adds_a_tenant_with_the_cli(ids: IdentityServer) -> None:
         conn.authorize()
         assert conn.current_project_id == project["id"]
         assert conn.session.get_endpoint(service_type="network", interface="public") == ids.url
-        who = ids.probe(conn.auth_token).json()
+        who = ids.probe(str(conn.auth_token)).json()
         assert who["project_id"] == project["id"] and who["roles"] == ["member", "reader"]
         with pytest.raises(openstack.exceptions.ForbiddenException):
-            conn.identity.create_project(name="not-allowed")
+            cast(IdentityV3, conn.identity).create_project(name="not-allowed")
     finally:
         conn.close()
 
@@ -288,12 +289,14 @@ def test_operator_adds_a_tenant_with_the_cli(ids: IdentityServer) -> None:
 def test_grants_users_and_projects_govern_tokens(ids: IdentityServer) -> None:
     sess = admin_session(ids)
     admin = openstack.connection.Connection(session=sess, identity_api_version="3")
+    idp = cast(IdentityV3, admin.identity)
     name = f"g-{uuid.uuid4().hex[:6]}"
-    project = admin.identity.create_project(name=name, domain_id="default")
-    user = admin.identity.create_user(name=name, password="pw", default_project_id=project.id)
-    member = admin.identity.find_role("member")
-    admin.identity.assign_project_role_to_user(project, user, member)
-    assert admin.identity.validate_user_has_project_role(project, user, member)
+    project = idp.create_project(name=name, domain_id="default")
+    user = idp.create_user(name=name, password="pw", default_project_id=project.id)
+    member = idp.find_role("member")
+    assert member is not None
+    idp.assign_project_role_to_user(project, user, member)
+    assert idp.validate_user_has_project_role(project, user, member)
 
     def login() -> str:
         resp = ids.password_token(name, "pw", name)
@@ -302,22 +305,22 @@ def test_grants_users_and_projects_govern_tokens(ids: IdentityServer) -> None:
 
     token = login()
     assert ids.probe(token).status_code == 200
-    admin.identity.unassign_project_role_from_user(project, user, member)
+    idp.unassign_project_role_from_user(project, user, member)
     assert ids.probe(token).status_code == 401  # the last role went: so did the token
     assert ids.password_token(name, "pw", name).status_code == 401
-    admin.identity.assign_project_role_to_user(project, user, member)
+    idp.assign_project_role_to_user(project, user, member)
     token = login()
-    admin.identity.update_user(user, password="pw2")
+    idp.update_user(user, password="pw2")
     assert ids.probe(token).status_code == 401  # a new password revokes the old tokens
     assert ids.password_token(name, "pw", name).status_code == 401
     assert ids.password_token(name, "pw2", name).status_code == 201
-    admin.identity.update_project(project, enabled=False)
+    idp.update_project(project, enabled=False)
     assert ids.password_token(name, "pw2", name).status_code == 401
-    admin.identity.delete_project(project)
-    admin.identity.delete_user(user)
-    assert admin.identity.find_user(name) is None
+    idp.delete_project(project)
+    idp.delete_user(user)
+    assert idp.find_user(name) is None
     dup = httpx.post(f"{ids.auth_url}/projects", json={"project": {"name": "admin"}},
-                     headers={"X-Auth-Token": sess.get_token()})  # type: ignore[dict-item]
+                     headers={"X-Auth-Token": str(sess.get_token())})
     assert dup.status_code == 409 and dup.json()["error"]["code"] == 409
     admin.close()
 

@@ -39,9 +39,11 @@ def config(ks: Keystone, cache_seconds: int = 60, password: str = SERVICE_PASSWO
     return cfg
 
 
-def run(ks: Keystone, body: Callable[[KeystoneIdentity], Awaitable[T]], **kw: int | str) -> T:
+def run(ks: Keystone, body: Callable[[KeystoneIdentity], Awaitable[T]], cache_seconds: int = 60,
+        password: str = SERVICE_PASSWORD) -> T:
     async def go() -> T:
-        ident = build_identity(config(ks, **kw), db=None)  # type: ignore[arg-type]  (keystone mode has no DB)
+        # Keystone mode has no database.
+        ident = build_identity(config(ks, cache_seconds, password), db=None)  # type: ignore[arg-type]
         assert isinstance(ident, KeystoneIdentity) and ident.routes is None
         try:
             return await body(ident)
