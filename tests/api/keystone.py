@@ -56,10 +56,24 @@ class Keystone:
     def revoke(self, token: str) -> None:
         self.admin("DELETE", "/auth/tokens", headers={"X-Subject-Token": token}).raise_for_status()
 
-    def served(self, method: str, path: str) -> int:
-        """How many ``method path`` requests Keystone has answered so far."""
+    def served(self, method: str, path: str, settle: float = 0.3) -> int:
+        """How many ``method path`` requests Keystone has answered so far.
+
+        gunicorn writes a request's log line just after sending the response, so the count is read until
+        it has not changed for ``settle`` seconds.
+        """
         needle = f'"{method} {path} HTTP/1.1"'
-        return self.access_log.read_text().count(needle) if self.access_log.exists() else 0
+
+        def count() -> int:
+            return self.access_log.read_text().count(needle) if self.access_log.exists() else 0
+
+        last, since = count(), time.monotonic()
+        while time.monotonic() - since < settle:
+            time.sleep(0.05)
+            now = count()
+            if now != last:
+                last, since = now, time.monotonic()
+        return last
 
 
 def _free_port() -> int:
