@@ -29,6 +29,7 @@ from openstack.identity.v3._proxy import Proxy as IdentityV3
 ROOT = Path(__file__).resolve().parents[2]
 VENV_BIN = Path(sys.executable).parent
 ADMIN_PASSWORD = "s3cret-admin"
+pytestmark = pytest.mark.xdist_group("identity-builtin")  # one server for the module, on one worker
 
 SERVER = """
 import os, uvicorn

@@ -26,6 +26,7 @@ from tests.api.keystone import (  # noqa: F401  (keystone is a fixture)
 )
 
 T = TypeVar("T")
+pytestmark = pytest.mark.xdist_group("keystone")  # one Keystone for the module, on one worker
 VALIDATE = ("GET", "/v3/auth/tokens")
 LOGIN = ("POST", "/v3/auth/tokens")
 
