@@ -210,6 +210,8 @@ def keystone() -> Iterator[Keystone]:
     if not KEYSTONE_VENV.is_dir():
         pytest.skip(f"no Keystone venv at {KEYSTONE_VENV} (python -m venv .venv-keystone && "
                     ".venv-keystone/bin/pip install keystone gunicorn)")
+    if not (KEYSTONE_VENV / "bin" / "gunicorn").exists():
+        raise RuntimeError(f"no gunicorn to serve Keystone: {KEYSTONE_VENV}/bin/pip install gunicorn")
     work = Path(tempfile.mkdtemp(prefix="neutrino-keystone-"))
     proc: subprocess.Popen[bytes] | None = None
     try:
