@@ -44,12 +44,13 @@ fi
 
 if [ $want_test = 1 ]; then
   # A real Keystone for the external-identity tests, in a venv of its own (its pins are not ours).
-  if [ ! -x .venv-keystone/bin/keystone-manage ] || [ ! -f .venv-keystone/.installed ]; then
+  # The stamp is a copy of the requirements it was built from: a changed list reinstalls.
+  if [ ! -x .venv-keystone/bin/keystone-manage ] || ! cmp -s tests/keystone-requirements.txt .venv-keystone/.installed; then
     say "installing Keystone into .venv-keystone (for tests of the external identity mode)"
     $PY -m venv .venv-keystone
     .venv-keystone/bin/pip install -q -U pip
     .venv-keystone/bin/pip install -q -r tests/keystone-requirements.txt
-    touch .venv-keystone/.installed
+    cp tests/keystone-requirements.txt .venv-keystone/.installed
   fi
 fi
 say "ready: .venv/bin/neutrino"

@@ -107,6 +107,13 @@ class PreconditionFailed(ApiError):
     type = "RevisionNumberConstraintFailed"
 
 
+class ServiceUnavailable(ApiError):
+    """Something neutrino depends on (the database, an external Keystone) cannot answer now."""
+
+    status = 503
+    type = "ServiceUnavailable"
+
+
 class KernelError(NeutrinoError):
     """A kernel or daemon operation failed; carries what it was about."""
 

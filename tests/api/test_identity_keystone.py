@@ -6,15 +6,18 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import TypeVar
 
+import httpx
 import pytest
 
 from neutrino.config import Config
 from neutrino.context import RequestContext
-from neutrino.errors import Unauthorized
+from neutrino.errors import ServiceUnavailable, Unauthorized
 from neutrino.identity import build_identity
-from neutrino.identity.keystone import IdentityUnavailable, KeystoneIdentity
+from neutrino.identity.keystone import KeystoneIdentity
+from tests.api.conftest import start_server
 from tests.api.keystone import (  # noqa: F401  (keystone is a fixture)
     ADMIN_PASSWORD,
     MEMBER_PASSWORD,
@@ -147,7 +150,7 @@ def test_keystone_trouble_is_503_not_the_callers_fault(keystone: Keystone) -> No
     token = keystone.token(MEMBER_USER, MEMBER_PASSWORD, "demo")
 
     async def wrong_password(ident: KeystoneIdentity) -> None:
-        with pytest.raises(IdentityUnavailable) as caught:
+        with pytest.raises(ServiceUnavailable) as caught:
             await ident.authenticate(auth(token))
         assert caught.value.status == 503
 
@@ -158,9 +161,41 @@ def test_keystone_trouble_is_503_not_the_callers_fault(keystone: Keystone) -> No
         cfg.identity.auth_url = "http://127.0.0.1:9/v3"  # discard port: nothing listens
         ident = KeystoneIdentity(cfg)
         try:
-            with pytest.raises(IdentityUnavailable):
+            with pytest.raises(ServiceUnavailable):
                 await ident.authenticate(auth(token))
         finally:
             await ident.aclose()
 
     asyncio.run(unreachable())
+
+
+def test_keystone_tokens_drive_the_real_api(keystone: Keystone, tmp_path: Path) -> None:  # noqa: F811
+    """The whole server in keystone mode: a member's token creates in its own project, admin-only input is
+    refused, an admin sees everything, and a token Keystone revoked stops working once its cache entry ends."""
+    srv = start_server(tmp_path, f"sqlite:///{tmp_path / 'neutrino.db'}", "sqlite", {
+        "NEUTRINO_IDENTITY__MODE": "keystone", "NEUTRINO_IDENTITY__AUTH_URL": keystone.url,
+        "NEUTRINO_IDENTITY__SERVICE_USER": SERVICE_USER, "NEUTRINO_IDENTITY__SERVICE_PASSWORD": SERVICE_PASSWORD,
+        "NEUTRINO_IDENTITY__CACHE_SECONDS": "1"})
+    try:
+        assert httpx.get(f"{srv.url}/identity/v3").status_code == 404  # no builtin Keystone in this mode
+        member = keystone.token(MEMBER_USER, MEMBER_PASSWORD, "demo")
+        made = httpx.post(f"{srv.url}/v2.0/networks", json={"network": {"name": "ks-net"}}, headers=auth(member))
+        assert made.status_code == 201, made.text
+        net = made.json()["network"]
+        assert net["project_id"] == keystone.ids["project:demo"]
+        assert "provider:network_type" not in net  # a member, not an admin
+        shared = httpx.post(f"{srv.url}/v2.0/networks", json={"network": {"shared": True}}, headers=auth(member))
+        assert shared.status_code == 403
+        admin = keystone.token("admin", ADMIN_PASSWORD, "admin")
+        seen = httpx.get(f"{srv.url}/v2.0/networks/{net['id']}", headers=auth(admin)).json()["network"]
+        assert seen["provider:network_type"] == "vxlan"
+        for bad in ({"X-Auth-Token": "bogus"}, {}):
+            refused = httpx.get(f"{srv.url}/v2.0/networks", headers=bad)
+            assert refused.status_code == 401 and refused.json()["NeutronError"]["type"] == "HTTPUnauthorized"
+        keystone.revoke(member)
+        deadline = time.monotonic() + 10
+        while httpx.get(f"{srv.url}/v2.0/networks", headers=auth(member)).status_code != 401:
+            assert time.monotonic() < deadline, "a token Keystone revoked kept working"
+            time.sleep(0.2)
+    finally:
+        srv.stop()

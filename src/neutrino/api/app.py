@@ -34,7 +34,7 @@ from neutrino.api.resources import NETWORK, PORT, SUBNET
 from neutrino.config import Config
 from neutrino.context import RequestContext
 from neutrino.db.engine import Database
-from neutrino.errors import ApiError, BadRequest, Conflict, MethodNotAllowed, NotFound
+from neutrino.errors import ApiError, BadRequest, Conflict, MethodNotAllowed, NotFound, ServiceUnavailable, Unauthorized
 
 if TYPE_CHECKING:
     from neutrino.identity import Identity
@@ -118,6 +118,8 @@ class Api:
     # -- plumbing -------------------------------------------------------------------------------------
     async def context(self, request: Request) -> RequestContext:
         ctx = await self.identity.authenticate(request.headers)
+        if not ctx.project_id:  # an unscoped (or domain-scoped) token owns nothing here
+            raise Unauthorized("This API needs a project-scoped token.", type="HTTPUnauthorized")
         return ctx
 
     async def body(self, request: Request) -> Any:
@@ -231,9 +233,7 @@ def guarded(handler: Handler) -> Handler:
             response = error_response(Conflict("The request conflicts with the current state; retry."))
         except OperationalError as exc:
             log.error("database unavailable on %s %s: %s", request.method, request.url.path, exc.orig)
-            response = error_response(ApiError("The database is unavailable; retry later.",
-                                               type="ServiceUnavailable"))
-            response.status_code = 503
+            response = error_response(ServiceUnavailable("The database is unavailable; retry later."))
         except Exception:
             rid = "req-" + str(uuid.uuid4())
             log.exception("unexpected error %s on %s %s", rid, request.method, request.url.path)

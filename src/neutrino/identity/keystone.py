@@ -22,7 +22,7 @@ from starlette.routing import BaseRoute
 
 from neutrino.config import Config
 from neutrino.context import RequestContext
-from neutrino.errors import ApiError, Unauthorized
+from neutrino.errors import ServiceUnavailable, Unauthorized
 from neutrino.identity.cache import TokenCache, token_key
 from neutrino.identity.store import expand_roles
 from neutrino.identity.wire import header
@@ -31,13 +31,6 @@ log = logging.getLogger(__name__)
 
 CACHE_SIZE = 10_000
 SERVICE_TOKEN_MARGIN = 60.0  # renew neutrino's own token this long before it expires
-
-
-class IdentityUnavailable(ApiError):
-    """Keystone cannot be asked (down, or it refuses neutrino's service credentials)."""
-
-    status = 503
-    type = "ServiceUnavailable"
 
 
 def _expiry(text: str) -> float:
@@ -122,7 +115,7 @@ class KeystoneIdentity:
                 resp = await self.client.get(f"{self.url}/auth/tokens",
                                              headers={"X-Auth-Token": service, "X-Subject-Token": token})
             except httpx.HTTPError as exc:
-                raise IdentityUnavailable(f"Keystone at {self.url} cannot be reached: {exc}") from exc
+                raise ServiceUnavailable(f"Keystone at {self.url} cannot be reached: {exc}") from exc
             self.validations += 1
             if resp.status_code == 200:
                 body: dict[str, Any] = resp.json()["token"]
@@ -131,7 +124,7 @@ class KeystoneIdentity:
                 return None
             if resp.status_code == 401 and attempt == 0:
                 continue  # neutrino's own token expired or was revoked: log in again and retry once
-            raise IdentityUnavailable(f"Keystone refused to validate tokens for neutrino: HTTP {resp.status_code}")
+            raise ServiceUnavailable(f"Keystone refused to validate tokens for neutrino: HTTP {resp.status_code}")
         raise AssertionError("unreachable")
 
     async def _service(self, renew: bool = False) -> str:
@@ -149,10 +142,10 @@ class KeystoneIdentity:
         try:
             resp = await self.client.post(f"{self.url}/auth/tokens", json=body)
         except httpx.HTTPError as exc:
-            raise IdentityUnavailable(f"Keystone at {self.url} cannot be reached: {exc}") from exc
+            raise ServiceUnavailable(f"Keystone at {self.url} cannot be reached: {exc}") from exc
         if resp.status_code != 201:
             log.error("cannot log in to Keystone as %s: HTTP %s", c.service_user, resp.status_code)
-            raise IdentityUnavailable(f"neutrino cannot log in to Keystone as {c.service_user}: "
+            raise ServiceUnavailable(f"neutrino cannot log in to Keystone as {c.service_user}: "
                                       f"HTTP {resp.status_code}")
         until = _expiry(resp.json()["token"]["expires_at"]) - SERVICE_TOKEN_MARGIN
         return resp.headers["X-Subject-Token"], until
