@@ -112,6 +112,10 @@ def test_tag_subresources_and_filters(raw: Raw, net: Any) -> None:
     assert net.id not in ids(**{"not-tags": "b,c"})
     assert net.id in ids(**{"not-tags": "b,a"})
     assert net.id not in ids(**{"not-tags-any": "x,d"})
+    # HEAD reads like GET and never writes (not the tags, not the network itself).
+    for head in (path, f"{path}/d", f"/v2.0/networks/{net.id}", "/v2.0/networks", "/v2.0/quotas/admin"):
+        assert raw("HEAD", head).status_code in (200, 204), head
+    assert raw("GET", path).json() == {"tags": ["b", "c", "d"]}
     assert raw("DELETE", path).status_code == 204
     assert raw("GET", path).json() == {"tags": []}
 
@@ -146,12 +150,18 @@ def test_subnet_rules(raw: Raw, net: Any) -> None:
     error(make(cidr="10.21.0.0/33"), 400, "HTTPBadRequest")
     error(make(cidr="10.21.0.7/24"), 400, "HTTPBadRequest")
     error(make(cidr="2001:db8::/64"), 400, "InvalidInput")                         # wrong ip_version
+    error(make(cidr="10.21.0.0/24", gateway_ip="10.21.0.0"), 400, "InvalidInput")  # the network address
+    error(make(cidr="10.21.0.0/24", gateway_ip="2001:db8::1"), 400, "InvalidInput")
     nogw = make(cidr="10.23.0.0/24", gateway_ip=None).json()["subnet"]
     assert nogw["gateway_ip"] is None
     assert nogw["allocation_pools"] == [{"start": "10.23.0.1", "end": "10.23.0.254"}]
+    # A gateway outside the cidr is allowed (reached on-link); the pools keep the whole range.
+    outside = make(cidr="10.24.0.0/24", gateway_ip="10.99.0.1").json()["subnet"]
+    assert outside["gateway_ip"] == "10.99.0.1"
+    assert outside["allocation_pools"] == [{"start": "10.24.0.1", "end": "10.24.0.254"}]
     # Nothing was created by the refused requests.
     cidrs = sorted(s["cidr"] for s in raw("GET", "/v2.0/subnets", params={"network_id": net.id}).json()["subnets"])
-    assert cidrs == ["10.20.0.0/24", "10.23.0.0/24"]
+    assert cidrs == ["10.20.0.0/24", "10.23.0.0/24", "10.24.0.0/24"]
     error(raw("PUT", f"/v2.0/subnets/{sub['id']}", json={"subnet": {"cidr": "10.30.0.0/24"}}), 400,
           "HTTPBadRequest")
 

@@ -19,6 +19,11 @@ def uniq(prefix: str) -> str:
     return f"{prefix}{uuid.uuid4().hex[:5]}"
 
 
+def has_route(table: str, dst: str, *words: str) -> bool:
+    """A line of ``ip route`` output for ``dst`` that has all ``words`` in it."""
+    return any(line.split()[:1] == [dst] and all(w in line.split() for w in words) for line in table.splitlines())
+
+
 def test_instances_get_their_addresses_and_ping(lab: Lab) -> None:
     h1 = lab.agents["h1"]
     net, sub = lab.network(uniq("dhcp"), "10.61.0.0/24")
@@ -48,11 +53,17 @@ def test_instances_get_their_addresses_and_ping(lab: Lab) -> None:
     assert lab.dnsmasq_pid(agent, net["id"]) == pid
     # A second subnet: served too (dnsmasq 2.90 reads ranges only at start: see compile.dhcp), and the
     # instances already there keep their addresses.
-    lab.call("POST", "/v2.0/subnets", 201, json={"subnet": {"network_id": net["id"], "cidr": "10.62.0.0/24",
-                                                            "ip_version": 4}})
+    # Its gateway lies outside it and it has a host route: the client gets both as classless routes.
+    lab.call("POST", "/v2.0/subnets", 201, json={"subnet": {
+        "network_id": net["id"], "cidr": "10.62.0.0/24", "ip_version": 4, "gateway_ip": "10.99.0.1",
+        "host_routes": [{"destination": "172.20.0.0/16", "nexthop": "10.62.0.254"}]}})
     c = uniq("c")
     h1.neutrino("instance", "create", "--network", net["name"], c, "--fixed-ip", "10.62.0.50")
     assert "10.62.0.50/24" in h1.ns(f"lab-{c}", "ip", "-4", "-o", "addr").stdout
+    routes = h1.ns(f"lab-{c}", "ip", "-4", "route").stdout
+    assert has_route(routes, "default", "10.99.0.1"), routes
+    assert has_route(routes, "10.99.0.1", "link"), routes
+    assert has_route(routes, "172.20.0.0/16", "10.62.0.254"), routes
     assert f"{ip_a}/24" in h1.ns(f"lab-{a}", "ip", "-4", "-o", "addr").stdout
 
     # The port goes: its address is no longer offered (a client with that MAC gets nothing).
@@ -82,9 +93,13 @@ def test_instances_get_their_addresses_and_ping(lab: Lab) -> None:
 
 def test_dhcp_disabled_means_static_and_no_dnsmasq(lab: Lab) -> None:
     h1 = lab.agents["h1"]
-    net, _ = lab.network(uniq("static"), "10.63.0.0/24", dhcp=False)
+    net, sub = lab.network(uniq("static"), "10.63.0.0/24", dhcp=False)
+    # A gateway outside the subnet: the static configuration reaches it on-link.
+    lab.call("PUT", f"/v2.0/subnets/{sub['id']}", 200, json={"subnet": {"gateway_ip": "10.98.0.1"}})
     a, b = uniq("s"), uniq("t")
     h1.neutrino("instance", "create", "--network", net["id"], a)
+    routes = h1.ns(f"lab-{a}", "ip", "-4", "route").stdout
+    assert has_route(routes, "default", "10.98.0.1") and has_route(routes, "10.98.0.1", "link"), routes
     h1.neutrino("instance", "create", "--network", net["id"], b)
     assert lab.call("GET", f"/v2.0/networks/{net['id']}/dhcp-agents")["agents"] == []
     assert lab.call("GET", "/v2.0/ports", params={"network_id": net["id"], "device_owner": "network:dhcp"})[

@@ -111,3 +111,16 @@ def test_dnsmasq_files_golden() -> None:
             in opts)
     assert "tag:pp100000000000000,option:bootfile-name,pxe.0" in opts
     assert compile_dhcp(snapshot(), "h2") == ()  # h2 is not the DHCP host of N1
+
+
+def test_gateway_outside_the_subnet_is_reached_on_link() -> None:
+    snap = snapshot()
+    s1 = snap.subnets[S1]
+    outside = SubnetSpec(S1, N1, s1.cidr, ip("10.9.9.1"), True, ())
+    snap = Snapshot(snap.revision, snap.networks, {**snap.subnets, S1: outside}, snap.ports, snap.dhcp_networks,
+                    snap.hosts)
+    [spec] = compile_dhcp(snap, "h1")
+    opts = render_dnsmasq(spec).opts.splitlines()
+    assert "tag:saaaaaaaa00000000,option:router,10.9.9.1" in opts
+    assert ("tag:saaaaaaaa00000000,option:classless-static-route,10.9.9.1/32,0.0.0.0,0.0.0.0/0,10.9.9.1"
+            in opts)

@@ -26,8 +26,9 @@ from neutrino.errors import KernelError
 
 SCRIPT = Path(__file__).with_name("dhclient-script")
 NAME = re.compile(r"^[a-z0-9][a-z0-9-]{0,10}$")
-DHCLIENT_CONF = ("request subnet-mask, broadcast-address, routers, interface-mtu, domain-name-servers, "
-                 "host-name;\ninitial-interval 1;\ntimeout 30;\nretry 1;\n")
+DHCLIENT_CONF = ("option rfc3442-classless-static-routes code 121 = array of unsigned integer 8;\n"
+                 "request subnet-mask, broadcast-address, routers, interface-mtu, domain-name-servers, "
+                 "host-name, rfc3442-classless-static-routes;\ninitial-interval 1;\ntimeout 30;\nretry 1;\n")
 
 
 @dataclass(frozen=True, slots=True)
@@ -101,8 +102,7 @@ class Instances:
                                                               not _slaac(iface)):
                     nl.add_address(sock, idx, iface, "eth0", spec.namespace)
             if not spec.dhcp and spec.gateway:
-                nl.replace_default_route(sock, spec.gateway, ipaddress.ip_address(spec.gateway).version,
-                                         "eth0", spec.namespace)
+                nl.replace_default_route(sock, spec.gateway, idx, "eth0", spec.namespace)
 
     def start_dhcp(self, spec: InstanceSpec, version: int = 4) -> None:
         """Start the instance's DHCP client (once its tap is plugged, so the first DISCOVER is heard)."""

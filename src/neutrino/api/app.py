@@ -224,6 +224,10 @@ def guarded(handler: Handler) -> Handler:
     """Turn every failure into a NeutronError response; log the unexpected ones with a request id."""
     async def run(request: Request) -> Response:
         started = time.perf_counter()
+        if request.method == "HEAD":
+            # Starlette routes HEAD wherever GET is allowed; handlers only know GET, so HEAD runs as GET
+            # (the server drops the body) and can never fall through to a write.
+            request = Request({**request.scope, "method": "GET"}, request.receive)
         try:
             response = await handler(request)
         except ApiError as exc:

@@ -77,8 +77,10 @@ def _subnet_options(s: SubnetSpec, mtu: int) -> list[str]:
         lines.append(f"{tag},option:router,{s.gateway_ip}")
     else:
         lines.append(f"{tag},option:router")  # explicitly none
-    if s.host_routes:
-        routes = [f"{r.destination},{r.nexthop}" for r in s.host_routes]
+    routes = [f"{r.destination},{r.nexthop}" for r in s.host_routes]
+    if s.gateway_ip is not None and s.gateway_ip not in s.cidr:  # reach a gateway outside the subnet on-link
+        routes.insert(0, f"{s.gateway_ip}/32,0.0.0.0")
+    if routes:
         if s.gateway_ip is not None:  # RFC 3442: with classless routes the client ignores option 3
             routes.append(f"0.0.0.0/0,{s.gateway_ip}")
         lines.append(f"{tag},option:classless-static-route,{','.join(routes)}")

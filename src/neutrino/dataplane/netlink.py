@@ -228,9 +228,16 @@ def delete_address(sock: Any, link: int, iface: ipaddress.IPv4Interface | ipaddr
         sock.addr("del", index=link, address=str(iface.ip), prefixlen=iface.network.prefixlen)
 
 
-def replace_default_route(sock: Any, gateway: str, version: int, obj: str, ns: str | None = None) -> None:
-    dst = "0.0.0.0/0" if version == 4 else "::/0"
-    _run("set default route", obj, ns, sock.route, "replace", dst=dst, gateway=gateway)
+def replace_default_route(sock: Any, gateway: str, link: int, obj: str, ns: str | None = None) -> None:
+    """Default route via ``gateway`` out of ``link``; a gateway off every connected prefix first gets an
+    on-link host route (a subnet's gateway may lie outside it)."""
+    gw = ipaddress.ip_address(gateway)
+    on_link = any(a.link == link and gw in a.interface.network for a in addresses(sock))
+    if not on_link:
+        _run("set gateway route", obj, ns, sock.route, "replace", dst=f"{gw}/{gw.max_prefixlen}", oif=link,
+             scope=253)
+    dst = "0.0.0.0/0" if gw.version == 4 else "::/0"
+    _run("set default route", obj, ns, sock.route, "replace", dst=dst, gateway=gateway, oif=link)
 
 
 def fdb_entries(sock: Any, links: set[int]) -> dict[int, set[tuple[str, str]]]:

@@ -48,10 +48,11 @@ def _pools(cidr: Any, raw: list[dict[str, str]] | None, gateway: Any) -> list[Po
 def _check_gateway(cidr: Any, gateway: Any) -> None:
     if gateway is None:
         return
-    if gateway.version != cidr.version or gateway not in cidr:
-        raise InvalidInput(f"Gateway IP {gateway} is not in subnet {cidr}")
+    if gateway.version != cidr.version:
+        raise InvalidInput(f"Gateway IP {gateway} does not match the IP version of subnet {cidr}")
+    # A gateway outside the subnet is allowed (as in Neutron): DHCP clients get an on-link route to it.
     lo, hi = usable_range(cidr)
-    if not lo <= int(gateway) <= hi:
+    if gateway in cidr and not lo <= int(gateway) <= hi:
         raise InvalidInput(f"Gateway is not valid on subnet: {gateway} is the network or broadcast address")
 
 
