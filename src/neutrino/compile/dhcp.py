@@ -4,11 +4,11 @@ One dnsmasq per network scheduled here, in ``qdhcp-<network>`` on ``ns-<11 of th
 DHCP subnet is one ``static`` range on the command line whose ``set:`` tag selects that subnet's options
 (router, DNS, routes, MTU); hosts (MAC -> address, name) and options are files re-read on SIGHUP.
 
-Why not one process forever: dnsmasq 2.90 (Debian 12) crashes on SIGHUP once a lease exists if a host
-line carries a ``set:`` tag, so subnet tags cannot live in the hosts file, and ranges are only read at
-start. Hence: port changes -> SIGHUP; a subnet added or removed, or a change among ports that have
-extra_dhcp_opts (their per-port tag) -> restart (leases persist in the lease file). ``render_dnsmasq``
-says which one a change needs.
+Why not one process forever: dnsmasq 2.90 (Debian 12) corrupts its heap on the SIGHUP after it answered
+a host whose hosts-file line carries a ``set:`` tag (docs/agent.md), so subnet tags cannot live in the
+hosts file, and ranges are only read at start. Hence: port changes -> SIGHUP; a subnet added or
+removed, or a change among ports that have extra_dhcp_opts (their per-port tag) -> restart (leases
+persist in the lease file). ``render_dnsmasq`` says which one a change needs.
 """
 
 from __future__ import annotations
