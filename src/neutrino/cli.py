@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from neutrino import __version__, config, logs
-from neutrino.errors import ConfigError, NeutrinoError
+from neutrino.errors import ConfigError, KernelError, NeutrinoError
 
 EPILOG = """\
 examples:
@@ -90,6 +90,14 @@ def parser() -> argparse.ArgumentParser:
     _common(idel)
     idel.add_argument("name")
 
+    clean = sub.add_parser(
+        "cleanup", help="remove what this host's agent made (bridges, VXLAN, qdhcp namespaces, dnsmasq, instances)",
+        description="Stopping neutrino leaves this host's data path running on purpose (a restart must not cut "
+                    "traffic). Once it is stopped for good, this removes every bridge (brq*), VXLAN device "
+                    "(vxlan-*), qdhcp-* namespace, dnsmasq and lab instance it made. The intent in the database "
+                    "is untouched: the next start builds it all again.")
+    _common(clean)
+
     db = sub.add_parser("db-upgrade", help="create or migrate the database to the current schema")
     _common(db)
 
@@ -157,13 +165,60 @@ def cmd_agent(cfg: config.Config) -> int:
 
     logs.setup(cfg.log.level, cfg.log.format)
     agent = runtime.build(cfg)
+    pid_file = Path(cfg.state_dir) / "agent.pid"
+    pid_file.write_text(f"{os.getpid()}\n")
 
     async def main() -> None:
         stop = asyncio.Event()
         _stop_on_signals(stop)
         await runtime.run(agent, stop)
 
-    asyncio.run(main())
+    try:
+        asyncio.run(main())
+    finally:
+        pid_file.unlink(missing_ok=True)
+    return 0
+
+
+def _running(cfg: config.Config) -> int | None:
+    """The pid of a live `neutrino up`/`server`/`agent` using this state directory, if any."""
+    for name in ("neutrino.pid", "agent.pid"):
+        try:
+            pid = int((Path(cfg.state_dir) / name).read_text().split()[0])
+        except (OSError, ValueError, IndexError):
+            continue
+        if Path(f"/proc/{pid}").exists():
+            return pid
+    return None
+
+
+def cmd_cleanup(cfg: config.Config) -> int:
+    from neutrino.agent import runtime
+    from neutrino.agent.drivers import HostDriver
+    from neutrino.agent.instances import Instances
+    from neutrino.agent.model import Snapshot
+
+    pid = _running(cfg)
+    if pid is not None:
+        print(f"neutrino: cleanup refused: neutrino is running here (pid {pid}) and would build it all again; "
+              "stop it first", file=sys.stderr)
+        return 1
+    logs.setup(cfg.log.level, cfg.log.format)
+    s = runtime.settings(cfg)
+    instances = Instances(s.state_dir).all()
+    for spec in instances:
+        Instances(s.state_dir).delete(spec.name)
+        print(f"  instance {spec.name}: namespace lab-{spec.name} and its DHCP client removed")
+    driver = HostDriver(s)
+    served = sorted(driver.dnsmasq.observe())
+    try:
+        result = driver.reconcile(Snapshot(revision=0))  # converge to "nothing here"
+    except KernelError as exc:
+        print(f"neutrino: cleanup incomplete: {exc}", file=sys.stderr)
+        return 1
+    print(f"  dnsmasq stopped for {len(served)} networks; {result.changes} changes in all")
+    print(f"cleanup done: {len(instances)} instances removed; no brq*, vxlan-*, qdhcp-* or dnsmasq of "
+          "neutrino left on this host")
     return 0
 
 
@@ -253,6 +308,8 @@ def main(argv: list[str] | None = None) -> int:
             return cmd_agent(cfg)
         if args.command == "status":
             return cmd_status(args, cfg)
+        if args.command == "cleanup":
+            return cmd_cleanup(cfg)
         if args.command == "db-upgrade":
             from neutrino.db.engine import Database
             from neutrino.db.migrate import upgrade

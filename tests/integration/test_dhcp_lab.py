@@ -163,3 +163,36 @@ def test_instances_on_two_hosts_talk_over_vxlan(lab: Lab) -> None:
     if "h1" not in serving:
         lab.wait("h1 to remove the bridge", lambda: f"brq{net['id'][:11]}" not in
                  h1.host.run(["ip", "-o", "link"]).stdout)
+
+
+def test_cleanup_removes_this_hosts_data_path_and_a_restart_rebuilds_it(lab: Lab) -> None:
+    lab.agents["h1"].neutrino("instance", "create", "--network",
+                              lab.network(uniq("clean"), "10.66.0.0/24")[0]["id"], inst := uniq("k"))
+    port = lab.port(inst)
+    dhcp_host = lab.call("GET", f"/v2.0/networks/{port['network_id']}/dhcp-agents")["agents"][0]["host"]
+    agent = lab.agents[dhcp_host]  # the DHCP host: it has the bridge, a qdhcp namespace and dnsmasq
+    bridge = f"brq{port['network_id'][:11]}"
+
+    def made() -> dict[str, object]:
+        links = agent.host.run(["ip", "-o", "link"]).stdout
+        return {"bridge": f" {bridge}:" in links, "vxlan": " vxlan-" in links,
+                "qdhcp": any(n.startswith("qdhcp-") for n in agent.host.nested_namespaces()),
+                "dnsmasq": lab.dnsmasq_pid(agent, port["network_id"]) is not None}
+
+    assert all(made().values()), made()
+    refused = agent.neutrino("cleanup", check=False)
+    assert refused.returncode == 1 and "running" in refused.stderr
+    agent.stop()
+    try:
+        agent.neutrino("cleanup")
+        assert not any(made().values()), made()
+        if dhcp_host == "h1":
+            assert f"lab-{inst}" not in agent.host.nested_namespaces()
+    finally:
+        agent.start()
+    # The intent was untouched: the next start builds the data path again.
+    lab.wait("the data path rebuilt", lambda: all(made().values()), timeout=30)
+    if dhcp_host == "h1":
+        lab.call("DELETE", f"/v2.0/ports/{port['id']}", 204)
+    else:
+        lab.agents["h1"].neutrino("instance", "delete", inst)
