@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import ipaddress
 import uuid
 from collections.abc import Iterator
@@ -329,3 +330,21 @@ def test_ip_availability(raw: Raw, net: Any) -> None:
     raw("POST", "/v2.0/ports", json={"port": {"network_id": net.id}})
     avail = raw("GET", f"/v2.0/network-ip-availabilities/{net.id}").json()["network_ip_availability"]
     assert avail["total_ips"] == 13 and avail["used_ips"] == 1
+
+
+def test_changed_since_filter(raw: Raw) -> None:
+    made = raw("POST", "/v2.0/networks", json={"network": {"name": "since"}}).json()["network"]
+    stamp = dt.datetime.fromisoformat(made["updated_at"])
+
+    def names(since: str) -> set[str]:
+        resp = raw("GET", "/v2.0/networks", params={"changed_since": since, "name": "since"})
+        assert resp.status_code == 200, resp.text
+        return {n["id"] for n in resp.json()["networks"]}
+
+    assert made["id"] in names(made["updated_at"])
+    assert made["id"] in names((stamp - dt.timedelta(hours=1)).isoformat())
+    assert made["id"] not in names((stamp + dt.timedelta(seconds=1)).isoformat())
+    # The same instant in another zone is the same filter.
+    assert made["id"] in names(stamp.astimezone(dt.timezone(dt.timedelta(hours=2))).isoformat())
+    error(raw("GET", "/v2.0/networks", params={"changed_since": "yesterday"}), 400, "HTTPBadRequest")
+    raw("DELETE", f"/v2.0/networks/{made['id']}")

@@ -7,6 +7,7 @@ row, ``limit + 1`` rows to know whether a next page exists); ``page_links`` buil
 
 from __future__ import annotations
 
+import datetime as dt
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -20,7 +21,7 @@ from neutrino.db.schema import tags as tags_table
 from neutrino.errors import not_found
 
 RESERVED = {"fields", "sort_key", "sort_dir", "limit", "marker", "page_reverse",
-            "tags", "tags-any", "not-tags", "not-tags-any"}
+            "tags", "tags-any", "not-tags", "not-tags-any", "changed_since"}
 
 
 @dataclass(frozen=True, slots=True)
@@ -35,6 +36,23 @@ class ListQuery:
     tags_any: tuple[str, ...] = ()
     not_tags_all: tuple[str, ...] = ()
     not_tags_any: tuple[str, ...] = ()
+    changed_since: dt.datetime | None = None  # updated_at at or after (naive UTC, like the column)
+
+
+def _changed_since(resource: ResourceSpec, values: list[str] | None) -> dt.datetime | None:
+    """``changed_since=<ISO 8601>`` (standard-attr-timestamp); a time without a zone is UTC."""
+    if not values:
+        return None
+    if "updated_at" not in resource.table.c:
+        raise v.AttributeError_("[changed_since] is invalid attribute for filtering")
+    try:
+        ts = dt.datetime.fromisoformat(values[-1])
+    except ValueError:
+        raise v.AttributeError_(f"The query parameter changed_since must be an ISO 8601 time such as "
+                                f"2026-01-31T12:00:00Z, not '{values[-1]}'") from None
+    if ts.tzinfo is not None:
+        ts = ts.astimezone(dt.UTC).replace(tzinfo=None)
+    return ts
 
 
 def _tags(values: list[str]) -> tuple[str, ...]:
@@ -90,6 +108,7 @@ def parse_list_query(resource: ResourceSpec, params: Sequence[tuple[str, str]], 
         tags_any=_tags(multi.get("tags-any", [])),
         not_tags_all=_tags(multi.get("not-tags", [])),
         not_tags_any=_tags(multi.get("not-tags-any", [])),
+        changed_since=_changed_since(resource, multi.get("changed_since")),
     )
 
 
@@ -129,6 +148,8 @@ def where_clauses(resource: ResourceSpec, q: ListQuery) -> list[Any]:
                                 .having(func.count() == len(set(q.not_tags_all))))))
     if q.not_tags_any:
         out.append(not_(tid.in_(tag_q.where(tags_table.c.tag.in_(q.not_tags_any)))))
+    if q.changed_since is not None:
+        out.append(t.c.updated_at >= q.changed_since)
     return out
 
 
