@@ -110,6 +110,14 @@ def test_dhcp_disabled_means_static_and_no_dnsmasq(lab: Lab) -> None:
     lab.wait("the instance port to be wired", lambda: lab.port(b)["status"] == "ACTIVE")
     ping = h1.neutrino("instance", "exec", a, "--", "ping", "-c", "2", "-W", "1", ip_b, check=False)
     assert ping.returncode == 0, ping.stdout
+    # An administratively down port carries nothing and says DOWN; back up, it works again.
+    port_b = lab.port(b)["id"]
+    for up in (False, True):
+        lab.call("PUT", f"/v2.0/ports/{port_b}", 200, json={"port": {"admin_state_up": up}})
+        lab.wait(f"port status {'ACTIVE' if up else 'DOWN'}",
+                 lambda up=up: lab.port(b)["status"] == ("ACTIVE" if up else "DOWN"))
+        ping = h1.neutrino("instance", "exec", a, "--", "ping", "-c", "1", "-W", "1", ip_b, check=False)
+        assert (ping.returncode == 0) == up, ping.stdout
     for name in (a, b):
         h1.neutrino("instance", "delete", name)
 

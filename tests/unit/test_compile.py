@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import ipaddress
 import random
 
@@ -124,3 +125,14 @@ def test_gateway_outside_the_subnet_is_reached_on_link() -> None:
     assert "tag:saaaaaaaa00000000,option:router,10.9.9.1" in opts
     assert ("tag:saaaaaaaa00000000,option:classless-static-route,10.9.9.1/32,0.0.0.0,0.0.0.0/0,10.9.9.1"
             in opts)
+
+
+def test_admin_down_port_is_plugged_down_and_not_served() -> None:
+    snap = snapshot()
+    pid = PortId("p1000000-0000-0000-0000-000000000000")
+    down = dataclasses.replace(snap.ports[pid], admin_state_up=False)
+    snap = dataclasses.replace(snap, ports={**snap.ports, pid: down})
+    state = compile_host(snap, "h1", "198.18.0.1", {"physnet1": "eth1"})
+    assert {p.device: p.up for p in state.plugs} == {"tapp1000000-00": False, "tapp3000000-00": True}
+    [spec] = state.dhcp
+    assert "fa:16:3e:00:00:11" not in render_dnsmasq(spec).hosts

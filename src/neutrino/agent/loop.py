@@ -106,7 +106,8 @@ class Agent:
 
     async def _report_ports(self, snap: Snapshot, wired: set[PortId]) -> None:
         mine = {pid for pid, p in snap.ports.items() if p.host == self.settings.host}
-        self.pending = bool(mine - wired)
+        # Waiting only on ports that should come up: an administratively down port stays DOWN.
+        self.pending = any(snap.ports[p].admin_state_up for p in mine - wired)
         active = sorted(p for p in mine & wired if self.reported.get(p) is not True)
         down = sorted(p for p in mine - wired if self.reported.get(p) is not False)
         if active or down:

@@ -85,7 +85,7 @@ def compile_host(snap: Snapshot, host: str, tunnel_ip: str,
                                           bridge_name(p.network_id), p.mac_address, net.mtu,
                                           _port_interfaces(snap, p, dhcp_only=True)))
         elif p.device_owner.startswith("compute:"):
-            plugs.append(PlugSpec(p.id, tap_name(p.id), bridge_name(p.network_id), net.mtu))
+            plugs.append(PlugSpec(p.id, tap_name(p.id), bridge_name(p.network_id), net.mtu, p.admin_state_up))
     return HostState(namespaces=tuple(sorted(link.namespace for link in links)), bridges=tuple(bridges),
                      vxlans=tuple(vxlans), vlans=tuple(vlans), plugs=tuple(plugs), port_links=tuple(links),
                      dhcp=dhcp, problems=tuple(problems))

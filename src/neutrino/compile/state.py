@@ -55,11 +55,13 @@ class VlanSpec:
 
 @dataclass(frozen=True, slots=True)
 class PlugSpec:
-    """An existing device (an instance's tap) to enslave to its network's bridge."""
+    """An existing device (an instance's tap) to enslave to its network's bridge; ``up`` False (the port
+    is administratively down) keeps it enslaved but down: no traffic, port status DOWN."""
     port_id: PortId
     device: str
     bridge: str
     mtu: int
+    up: bool = True
 
 
 @dataclass(frozen=True, slots=True)

@@ -67,7 +67,8 @@ def observe(desired: HostState) -> Observed:
     return Observed(root, fdb, namespaces, inside)
 
 
-def _link_ops(obs: NsView, name: str, bridge: str | None, mtu: int, ns: str | None = None) -> list[Op]:
+def _link_ops(obs: NsView, name: str, bridge: str | None, mtu: int, ns: str | None = None,
+              up: bool = True) -> list[Op]:
     link = obs.links[name]
     ops = []
     if link.mtu != mtu:
@@ -76,8 +77,8 @@ def _link_ops(obs: NsView, name: str, bridge: str | None, mtu: int, ns: str | No
         master = obs.links.get(bridge)
         if master is None or link.master != master.index:
             ops.append(Op("master", name, ns, (("bridge", bridge),)))
-    if not link.up:
-        ops.append(Op("up", name, ns))
+    if link.up != up:
+        ops.append(Op("up" if up else "down", name, ns))
     return ops
 
 
@@ -112,7 +113,7 @@ def diff(desired: HostState, obs: Observed) -> list[Op]:
             ops += _link_ops(root, br.uplink, br.name, root.links[br.uplink].mtu)
     for plug in desired.plugs:
         if plug.device in root.links:
-            ops += _link_ops(root, plug.device, plug.bridge, plug.mtu)
+            ops += _link_ops(root, plug.device, plug.bridge, plug.mtu, up=plug.up)
     for pl in desired.port_links:
         ops += _port_link_ops(pl, root, obs.inside.get(pl.namespace))
     ops += _removals(desired, obs)
@@ -194,8 +195,8 @@ def _apply_one(op: Op, sock: Any) -> None:
         nl.set_link(sock, name, ns, master=nl.index(sock, op.get("bridge")))
     elif a == "mtu":
         nl.set_link(sock, name, ns, mtu=op.get("mtu"))
-    elif a == "up":
-        nl.set_link(sock, name, ns, state="up")
+    elif a in ("up", "down"):
+        nl.set_link(sock, name, ns, state=a)
     elif a == "mac":
         nl.set_link(sock, name, ns, address=op.get("mac"))
     elif a in ("addr-add", "addr-del"):
@@ -216,7 +217,7 @@ def wired(desired: HostState, obs: Observed) -> set[PortId]:
     out = set()
     for plug in desired.plugs:
         link, br = obs.root.links.get(plug.device), obs.root.links.get(plug.bridge)
-        if link is not None and br is not None and link.master == br.index and link.up:
+        if plug.up and link is not None and br is not None and link.master == br.index and link.up:
             out.add(plug.port_id)
     for pl in desired.port_links:
         link, br = obs.root.links.get(pl.device), obs.root.links.get(pl.bridge)
