@@ -205,9 +205,10 @@ def cmd_cleanup(cfg: config.Config) -> int:
         return 1
     logs.setup(cfg.log.level, cfg.log.format)
     s = runtime.settings(cfg)
-    instances = Instances(s.state_dir).all()
+    lab = Instances(s.state_dir)
+    instances = lab.all()
     for spec in instances:
-        Instances(s.state_dir).delete(spec.name)
+        lab.delete(spec.name)
         print(f"  instance {spec.name}: namespace lab-{spec.name} and its DHCP client removed")
     driver = HostDriver(s)
     served = sorted(driver.dnsmasq.observe())

@@ -146,6 +146,6 @@ class KeystoneIdentity:
         if resp.status_code != 201:
             log.error("cannot log in to Keystone as %s: HTTP %s", c.service_user, resp.status_code)
             raise ServiceUnavailable(f"neutrino cannot log in to Keystone as {c.service_user}: "
-                                      f"HTTP {resp.status_code}")
+                                     f"HTTP {resp.status_code}")
         until = _expiry(resp.json()["token"]["expires_at"]) - SERVICE_TOKEN_MARGIN
         return resp.headers["X-Subject-Token"], until
