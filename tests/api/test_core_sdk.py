@@ -348,3 +348,21 @@ def test_changed_since_filter(raw: Raw) -> None:
     assert made["id"] in names(stamp.astimezone(dt.timezone(dt.timedelta(hours=2))).isoformat())
     error(raw("GET", "/v2.0/networks", params={"changed_since": "yesterday"}), 400, "HTTPBadRequest")
     raw("DELETE", f"/v2.0/networks/{made['id']}")
+
+
+def test_an_update_that_changes_nothing_is_no_new_revision(raw: Raw) -> None:
+    net = raw("POST", "/v2.0/networks", json={"network": {"name": "same"}}).json()["network"]
+    sub = raw("POST", "/v2.0/subnets", json={"subnet": {"network_id": net["id"], "cidr": "10.40.0.0/24",
+                                                        "ip_version": 4, "name": "s"}}).json()["subnet"]
+    port = raw("POST", "/v2.0/ports", json={"port": {"network_id": net["id"], "name": "p"}}).json()["port"]
+    for kind, item, same, other in (
+            ("networks", net, {"name": "same", "admin_state_up": True}, {"name": "other"}),
+            ("subnets", sub, {"name": "s", "dns_nameservers": []}, {"dns_nameservers": ["10.40.0.53"]}),
+            ("ports", port, {"name": "p", "fixed_ips": port["fixed_ips"]}, {"name": "q"})):
+        path, key = f"/v2.0/{kind}/{item['id']}", kind[:-1]
+        before = raw("GET", path).json()[key]
+        after = raw("PUT", path, json={key: same}).json()[key]
+        assert (after["revision_number"], after["updated_at"]) == (before["revision_number"], before["updated_at"])
+        assert raw("PUT", path, json={key: other}).json()[key]["revision_number"] == before["revision_number"] + 1
+    raw("DELETE", f"/v2.0/ports/{port['id']}")
+    raw("DELETE", f"/v2.0/networks/{net['id']}")

@@ -140,6 +140,9 @@ def update(core: Core, conn: Connection, ctx: RequestContext, network_id: str, d
         if others is not None:
             raise InUse(f"Unable to reconfigure sharing settings for network {network_id}. "
                         "Multiple tenants are using it.", type="InvalidSharedSetting")
+    values = standard.changed(row, values)
+    if not values:
+        return
     standard.bump(conn, networks, network_id, values)
     standard.emit(conn, "network", network_id, "update", network_id=network_id)
 

@@ -124,6 +124,8 @@ def update(core: Core, conn: Connection, ctx: RequestContext, port_id: str, data
         values.update(binding(conn, core, data["binding:host_id"]))
         if data["binding:host_id"] != row.binding_host_id:
             values["status"] = "DOWN"
+    values = standard.changed(row, values)
+    ips_changed = False
     if "fixed_ips" in data:
         current = [(r.subnet_id, r.ip_address) for r in conn.execute(
             select(ipallocations.c.subnet_id, ipallocations.c.ip_address)
@@ -132,8 +134,12 @@ def update(core: Core, conn: Connection, ctx: RequestContext, port_id: str, data
         owner = values.get("device_owner", row.device_owner)
         ips = addresses.allocate(core, conn, row.network_id, requested, values.get("mac_address", row.mac_address),
                                  owner, keep=current)
-        conn.execute(delete(ipallocations).where(ipallocations.c.port_id == port_id))
-        store_ips(conn, port_id, row.network_id, ips)
+        if ips != current:
+            conn.execute(delete(ipallocations).where(ipallocations.c.port_id == port_id))
+            store_ips(conn, port_id, row.network_id, ips)
+            ips_changed = True
+    if not values and not ips_changed:
+        return
     standard.bump(conn, ports, port_id, values)
     standard.emit(conn, "port", port_id, "update", network_id=row.network_id,
                   host=values.get("binding_host_id", row.binding_host_id) or None)

@@ -56,6 +56,12 @@ def check_revision(current: int, if_match: str | None) -> None:
                 raise PreconditionFailed(f"Constrained to {wanted}, but current revision is {current}")
 
 
+def changed(row: Any, values: dict[str, Any]) -> dict[str, Any]:
+    """The subset of ``values`` that differs from ``row``: an update that changes nothing is no update
+    (no new revision, no updated_at, nothing for the agents), as in Neutron."""
+    return {k: v for k, v in values.items() if getattr(row, k) != v}
+
+
 def bump(conn: Connection, table: Table, row_id: str, values: dict[str, Any] | None = None) -> None:
     """Apply ``values`` and advance revision_number and updated_at."""
     conn.execute(update(table).where(table.c.id == row_id).values(

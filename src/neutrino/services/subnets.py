@@ -161,6 +161,9 @@ def update(core: Core, conn: Connection, ctx: RequestContext, subnet_id: str, da
     if data.get("enable_dhcp") is False and (row.ipv6_address_mode or row.ipv6_ra_mode) \
             and "slaac" not in (row.ipv6_address_mode, row.ipv6_ra_mode):
         raise InvalidInput("ipv6_ra_mode or ipv6_address_mode cannot be set when enable_dhcp is set to False")
+    values = standard.changed(row, values)
+    if not values:
+        return
     standard.bump(conn, subnets, subnet_id, values)
     standard.emit(conn, "subnet", subnet_id, "update", network_id=row.network_id)
     if "enable_dhcp" in values:
