@@ -6,9 +6,11 @@ import signal
 import subprocess
 import time
 import uuid
+from pathlib import Path
 
 import pytest
 
+from neutrino.agent.instances import SCRIPT
 from tests.integration.conftest import Lab
 
 # Kernel tests share one xdist worker: its end-of-session leak check then sees only its own objects.
@@ -204,3 +206,39 @@ def test_cleanup_removes_this_hosts_data_path_and_a_restart_rebuilds_it(lab: Lab
         lab.call("DELETE", f"/v2.0/ports/{port['id']}", 204)
     else:
         lab.agents["h1"].neutrino("instance", "delete", inst)
+
+
+def test_extra_dhcp_opts_reach_the_instance_and_other_ports_never_restart_dnsmasq(lab: Lab) -> None:
+    h1 = lab.agents["h1"]
+    net, _ = lab.network(uniq("opts"), "10.67.0.0/24")
+    a = uniq("o")
+    h1.neutrino("instance", "create", "--network", net["id"], a)
+    port = lab.port(a)
+    agent = lab.agents[lab.call("GET", f"/v2.0/networks/{net['id']}/dhcp-agents")["agents"][0]["host"]]
+
+    def tagged_pid() -> int | None:
+        pid = lab.dnsmasq_pid(agent, net["id"])
+        return pid if pid and b"--dhcp-mac=" in Path(f"/proc/{pid}/cmdline").read_bytes() else None
+
+    def renew_mtu() -> str:
+        """Restart the instance's DHCP client (a new lease, the options of now); its eth0 MTU after."""
+        d = h1.state_dir / "agent" / "instances" / a
+        h1.host.run(["kill", (d / "dhclient.pid").read_text().strip()])
+        h1.ns(f"lab-{a}", "dhclient", "-1", "-4", "-cf", str(d / "dhclient.conf"), "-sf", str(SCRIPT),
+              "-pf", str(d / "dhclient.pid"), "-lf", str(d / "dhclient.leases"), "eth0")
+        return h1.ns(f"lab-{a}", "cat", "/sys/class/net/eth0/mtu").stdout.strip()
+
+    assert renew_mtu() == "1450"  # the network's
+    opts = [{"opt_name": "mtu", "opt_value": "1400"}]
+    lab.call("PUT", f"/v2.0/ports/{port['id']}", 200, json={"port": {"extra_dhcp_opts": opts}})
+    pid = lab.wait("dnsmasq tagging the port", tagged_pid)  # a port gaining options: the one restart
+    assert renew_mtu() == "1400"
+    # Other ports coming and going, and the option's value changing, reload the same process.
+    b = uniq("p")
+    h1.neutrino("instance", "create", "--network", net["id"], b)
+    h1.neutrino("instance", "delete", b)
+    opts[0]["opt_value"] = "1380"
+    lab.call("PUT", f"/v2.0/ports/{port['id']}", 200, json={"port": {"extra_dhcp_opts": opts}})
+    lab.wait("the instance to be offered the new value", lambda: renew_mtu() == "1380")
+    assert lab.dnsmasq_pid(agent, net["id"]) == pid
+    h1.neutrino("instance", "delete", a)

@@ -5,10 +5,12 @@ DHCP subnet is one ``static`` range on the command line whose ``set:`` tag selec
 (router, DNS, routes, MTU); hosts (MAC -> address, name) and options are files re-read on SIGHUP.
 
 Why not one process forever: dnsmasq 2.90 (Debian 12) corrupts its heap on the SIGHUP after it answered
-a host whose hosts-file line carries a ``set:`` tag (docs/agent.md), so subnet tags cannot live in the
-hosts file, and ranges are only read at start. Hence: port changes -> SIGHUP; a subnet added or
-removed, or a change among ports that have extra_dhcp_opts (their per-port tag) -> restart (leases
-persist in the lease file). ``render_dnsmasq`` says which one a change needs.
+a host whose hosts-file line carries a ``set:`` tag (docs/agent.md), so no tag ever lives in the hosts
+file: subnet tags come from the ranges, and a port with extra_dhcp_opts is tagged by ``--dhcp-mac`` on
+the command line (static configuration is never freed). Ranges and ``--dhcp-mac`` are read only at start.
+Hence: ports added, changed or removed, and changes of any option -> SIGHUP; a subnet added or removed,
+or a port gaining or losing extra_dhcp_opts -> restart (leases persist in the lease file). A change of
+``DnsmasqFiles.argv_tail`` is what needs a restart.
 """
 
 from __future__ import annotations
@@ -45,10 +47,9 @@ class DhcpServerSpec:
 
 @dataclass(frozen=True, slots=True)
 class DnsmasqFiles:
-    argv_tail: tuple[str, ...]  # what follows the fixed arguments: the ranges (a change means restart)
+    argv_tail: tuple[str, ...]  # what follows the fixed arguments: ranges, --dhcp-mac (a change means restart)
     hosts: str
     opts: str
-    tagged: bool                # hosts carry set: tags: reload by restart, never SIGHUP (dnsmasq 2.90 bug)
 
 
 def subnet_tag(subnet_id: str) -> str:
@@ -142,11 +143,10 @@ def render_dnsmasq(spec: DhcpServerSpec) -> DnsmasqFiles:
     if any(":" in r.split(",")[1] for r in spec.ranges):
         # Prefixes and flags only: router lifetime 0, the default router is the subnet's gateway, not us.
         tail += ["--enable-ra", f"--ra-param={spec.interface},10,0"]
+    tail += sorted({f"--dhcp-mac=set:{h.port_tag},{h.mac}" for h in spec.hosts if h.port_tag})
     lines = []
     for h in spec.hosts:
         ip = f"[{h.ip}]" if ":" in h.ip else h.ip
-        tag = f"set:{h.port_tag}," if h.port_tag else ""
-        lines.append(f"{h.mac},{tag}{ip},{h.hostname},{LEASE_SECONDS}s")
+        lines.append(f"{h.mac},{ip},{h.hostname},{LEASE_SECONDS}s")
     return DnsmasqFiles(argv_tail=tuple(tail), hosts="".join(f"{line}\n" for line in lines),
-                        opts="".join(f"{line}\n" for line in spec.options),
-                        tagged=any(h.port_tag for h in spec.hosts))
+                        opts="".join(f"{line}\n" for line in spec.options))

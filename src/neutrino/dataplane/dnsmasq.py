@@ -3,8 +3,8 @@
 Each network has a directory ``<state>/dhcp/<network id>/`` with ``hosts``, ``opts``, ``leases``,
 ``pid`` and ``argv`` (the part of the command line that depends on intent). A pass writes files that
 changed (temp + rename), SIGHUPs a running process whose files changed, starts a missing one, restarts
-one only when its command line must change (its subnets) or its hosts carry tags (see compile.dhcp), and
-stops those of networks no longer served.
+one only when its command line must change (its subnets, or which ports carry extra_dhcp_opts: see
+compile.dhcp), and stops those of networks no longer served.
 A process is recognised across agent restarts by its pid file and ``/proc/<pid>/cmdline``.
 """
 
@@ -100,7 +100,7 @@ class DnsmasqSupervisor:
         argv_changed = _write(d / "argv", "\n".join(files.argv_tail) + "\n")
         (d / "leases").touch(exist_ok=True)
         pid = self.running_pid(spec.network_id)
-        if pid is not None and (argv_changed or (changed and files.tagged)):
+        if pid is not None and argv_changed:
             self._kill(pid)
             pid = None
             action = "restarted"
