@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import faulthandler
 import json
 import os
@@ -11,6 +12,7 @@ import signal
 import sys
 import urllib.error
 import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -135,9 +137,6 @@ def cmd_up(args: argparse.Namespace, cfg: config.Config, *, with_agent: bool) ->
     if with_agent and args.clouds_yaml:
         path = server.write_clouds_yaml(cfg, Path(args.clouds_yaml))
         print(f"clouds.yaml: cloud 'neutrino' written to {path}", file=sys.stderr)
-    pid_file = Path(cfg.state_dir) / "neutrino.pid"
-    pid_file.write_text(f"{os.getpid()}\n{cfg.public_url}\n")
-
     async def main() -> None:
         stop = asyncio.Event()
         _stop_on_signals(stop)
@@ -153,9 +152,9 @@ def cmd_up(args: argparse.Namespace, cfg: config.Config, *, with_agent: bool) ->
                 raise task.exception()  # type: ignore[misc]
 
     try:
-        asyncio.run(main())
+        with _pid_file(cfg, "neutrino.pid", cfg.public_url):
+            asyncio.run(main())
     finally:
-        pid_file.unlink(missing_ok=True)
         db.dispose()
     return 0
 
@@ -165,19 +164,27 @@ def cmd_agent(cfg: config.Config) -> int:
 
     logs.setup(cfg.log.level, cfg.log.format)
     agent = runtime.build(cfg)
-    pid_file = Path(cfg.state_dir) / "agent.pid"
-    pid_file.write_text(f"{os.getpid()}\n")
 
     async def main() -> None:
         stop = asyncio.Event()
         _stop_on_signals(stop)
         await runtime.run(agent, stop)
 
-    try:
+    with _pid_file(cfg, "agent.pid"):
         asyncio.run(main())
-    finally:
-        pid_file.unlink(missing_ok=True)
     return 0
+
+
+@contextlib.contextmanager
+def _pid_file(cfg: config.Config, name: str, *extra: str) -> Iterator[None]:
+    """``<state>/<name>``: this process's pid (then ``extra`` lines) while it runs; ``status`` and
+    ``cleanup`` read it."""
+    path = Path(cfg.state_dir) / name
+    path.write_text("".join(f"{line}\n" for line in (str(os.getpid()), *extra)))
+    try:
+        yield
+    finally:
+        path.unlink(missing_ok=True)
 
 
 def _running(cfg: config.Config) -> int | None:
