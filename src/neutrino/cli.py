@@ -14,10 +14,13 @@ import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from neutrino import __version__, config, logs
 from neutrino.errors import ConfigError, KernelError, NeutrinoError
+
+if TYPE_CHECKING:
+    from neutrino.identity.credentials import AdminPassword
 
 EPILOG = """\
 examples:
@@ -133,10 +136,17 @@ def cmd_up(args: argparse.Namespace, cfg: config.Config, *, with_agent: bool) ->
     from neutrino.agent import runtime
 
     logs.setup(cfg.log.level, cfg.log.format)
+    admin = _admin_password(cfg)
     app, db, _identity = server.build(cfg)
     if with_agent and args.clouds_yaml:
         path = server.write_clouds_yaml(cfg, Path(args.clouds_yaml))
-        print(f"clouds.yaml: cloud 'neutrino' written to {path}", file=sys.stderr)
+        print(f"clouds.yaml: cloud 'neutrino' written to {path} (mode 0600)", file=sys.stderr)
+    if admin is not None and admin.generated:
+        i = cfg.identity
+        print(f"neutrino: first start: generated the password of the identity admin '{i.admin_user}' (project "
+              f"'{i.admin_project}'): {admin.value}\n  it is kept in {admin.source} (mode 0600) for later starts "
+              "and `neutrino status|instance|clouds-yaml`; set identity.admin_password to choose your own",
+              file=sys.stderr)
     async def main() -> None:
         stop = asyncio.Event()
         _stop_on_signals(stop)
@@ -157,6 +167,18 @@ def cmd_up(args: argparse.Namespace, cfg: config.Config, *, with_agent: bool) ->
     finally:
         db.dispose()
     return 0
+
+
+def _admin_password(cfg: config.Config) -> AdminPassword | None:
+    """Builtin identity: the admin password in effect (generated on the first start); a weak one is refused
+    unless the API listens on loopback only."""
+    if cfg.identity.mode != "builtin":
+        return None
+    from neutrino.identity import credentials
+
+    admin = credentials.ensure(cfg)
+    credentials.refuse_weak_beyond_loopback(cfg, admin)
+    return admin
 
 
 def cmd_agent(cfg: config.Config) -> int:

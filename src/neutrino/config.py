@@ -30,6 +30,7 @@ class ApiConfig:
     socket: str = "neutrino.sock"
     workers_threads: int = 32
     default_page_limit: int = 0  # 0: no implicit pagination
+    max_body_bytes: int = 114688  # larger request bodies get 413 before parsing (Neutron's default)
 
 
 @dataclass(slots=True)
@@ -45,9 +46,10 @@ class IdentityConfig:
     mode: str = "builtin"
     token_ttl_seconds: int = 3600 * 12
     region: str = "RegionOne"
-    # builtin mode: the admin created on first start.
+    # builtin mode: the admin made on first start. An empty password: generated on first start and kept in
+    # <state_dir>/admin-password (neutrino.identity.credentials); a set one replaces it on every start.
     admin_user: str = "admin"
-    admin_password: str = "admin"
+    admin_password: str = ""
     admin_project: str = "admin"
     # keystone mode: where Keystone is and the service credentials used to validate tokens.
     auth_url: str = ""
@@ -93,6 +95,8 @@ class AgentConfig:
     # address used as the VXLAN tunnel endpoint; empty: the address of the default route's device.
     local_ip: str = ""
     heartbeat_seconds: float = 10.0
+    # A full pass at least this often, even when nothing woke the agent: repairs what no event reported.
+    resync_seconds: float = 2.0
     agent_down_seconds: float = 75.0
     server_url: str = ""  # empty in `neutrino up`: the in-process server
     # A remote agent authenticates with these (an admin of the server's identity service).

@@ -19,6 +19,7 @@ from neutrino.agent.instances import Instances, InstanceSpec, check_name
 from neutrino.agent.source import client_for, password_token
 from neutrino.config import Config
 from neutrino.errors import NeutrinoError
+from neutrino.identity.credentials import admin_password
 
 OWNER = "compute:lab"
 
@@ -29,15 +30,17 @@ class Api:
         sock = Path(cfg.state_dir).resolve() / cfg.api.socket if cfg.api.socket else None
         if cfg.agent.server_url:
             self.url = cfg.agent.server_url
-            self.creds = (cfg.agent.username, cfg.agent.password, cfg.agent.project)
+            self.creds: tuple[str, str, str] | None = (cfg.agent.username, cfg.agent.password, cfg.agent.project)
         else:
             self.url = f"unix:{sock}" if sock is not None and sock.exists() else cfg.public_url
-            i = cfg.identity
-            self.creds = (i.admin_user, i.admin_password, i.admin_project)
+            self.creds = None  # the identity admin's, looked up when a token is first needed
         self.token = ""
 
     async def call(self, method: str, path: str, **kw: Any) -> Any:
         if not self.token and self.cfg.identity.mode != "noauth":
+            if self.creds is None:
+                i = self.cfg.identity
+                self.creds = (i.admin_user, admin_password(self.cfg), i.admin_project)  # config, else generated
             base, auth_path = (self.cfg.agent.auth_url, "") if self.cfg.agent.auth_url else (self.url, "/identity/v3")
             self.token = await password_token(base, auth_path, *self.creds)
         async with client_for(self.url, 30) as client:

@@ -7,6 +7,7 @@ import contextlib
 import gc
 import logging
 import os
+import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -18,6 +19,7 @@ from neutrino.api.app import create_app
 from neutrino.config import Config
 from neutrino.db.engine import Database
 from neutrino.db.migrate import upgrade
+from neutrino.errors import ConfigError
 
 if TYPE_CHECKING:
     from neutrino.identity import Identity
@@ -50,25 +52,46 @@ def clouds_entry(cfg: Config) -> dict[str, Any]:
     if cfg.identity.mode == "keystone":
         return {"auth": {"auth_url": cfg.identity.auth_url}, "region_name": cfg.identity.region,
                 "identity_api_version": 3}
+    from neutrino.identity.credentials import admin_password
+
     return {
         "auth": {"auth_url": f"{cfg.public_url}/identity/v3", "username": cfg.identity.admin_user,
-                 "password": cfg.identity.admin_password, "project_name": cfg.identity.admin_project,
+                 "password": admin_password(cfg), "project_name": cfg.identity.admin_project,
                  "user_domain_name": "Default", "project_domain_name": "Default"},
         "region_name": cfg.identity.region, "identity_api_version": 3, "interface": "public",
     }
 
 
 def write_clouds_yaml(cfg: Config, path: Path, name: str = "neutrino") -> Path:
-    """Add or replace the ``name`` cloud in ``path``, keeping every other cloud the file has."""
+    """Add or replace the ``name`` cloud in ``path``, keeping every other cloud the file has.
+
+    The file holds passwords: it is written mode 0600 from its first byte (temp file + rename), and a
+    symlinked clouds.yaml stays a symlink (its target is rewritten).
+    """
+    path = path.expanduser().resolve()
     data: dict[str, Any] = {}
-    if path.exists():
-        data = yaml.safe_load(path.read_text()) or {}
-    data.setdefault("clouds", {})[name] = clouds_entry(cfg)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(yaml.safe_dump(data, sort_keys=False))
-    os.chmod(tmp, 0o600)
-    tmp.replace(path)
+    try:
+        if path.exists():
+            data = yaml.safe_load(path.read_text()) or {}
+    except (OSError, yaml.YAMLError) as exc:
+        raise ConfigError(f"cannot read {path}: {exc}") from exc
+    clouds = data.get("clouds") or {} if isinstance(data, dict) else None
+    if not isinstance(clouds, dict):
+        raise ConfigError(f"{path} is not a clouds.yaml (its top is not a mapping with 'clouds'); left untouched")
+    clouds[name] = clouds_entry(cfg)
+    data["clouds"] = clouds
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)  # mode 0600
+    except OSError as exc:
+        raise ConfigError(f"cannot write {path}: {exc}") from exc
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(yaml.safe_dump(data, sort_keys=False))
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
     return path
 
 

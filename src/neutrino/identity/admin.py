@@ -35,6 +35,7 @@ if TYPE_CHECKING:
 
 T = TypeVar("T")
 UNUSABLE_PASSWORD = "!"  # never a valid scrypt hash: a user created without a password cannot log in
+MAX_PASSWORD = 4096  # Keystone's default max_password_length
 
 
 def user_view(u: User, base: str) -> dict[str, Any]:
@@ -63,18 +64,83 @@ def collection(kind: str, items: list[dict[str, Any]], base: str) -> dict[str, A
     return {kind: items, "links": {"self": f"{base}/{kind}", "next": None, "previous": None}}
 
 
-def _domain_of(body: dict[str, Any]) -> str:
-    domain = body.get("domain_id") or store.DEFAULT_DOMAIN_ID
+def _json_type(value: Any) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, (int, float)):
+        return "a number"
+    if isinstance(value, str):
+        return "a string"
+    return "a list" if isinstance(value, list) else "an object"
+
+
+def _invalid(kind: str, key: str, expected: str, value: Any) -> KeystoneError:
+    return bad_request(f"Invalid input for field '{key}' of {kind}: expected {expected}, got {_json_type(value)}.")
+
+
+def _string(body: dict[str, Any], key: str, kind: str, *, max_len: int = 255, blank: bool = True) -> str:
+    """``body[key]`` as a string of at most ``max_len`` characters (not blank unless ``blank``); else 400."""
+    value = body.get(key)
+    if not isinstance(value, str) or len(value) > max_len or (not blank and not value.strip()):
+        raise _invalid(kind, key, f"a {'' if blank else 'non-blank '}string of at most {max_len} characters", value)
+    return value
+
+
+def _optional_string(body: dict[str, Any], key: str, kind: str, *, max_len: int = 255) -> str | None:
+    if body.get(key) is None:
+        return None
+    try:
+        return _string(body, key, kind, max_len=max_len)
+    except KeystoneError:
+        raise _invalid(kind, key, f"a string of at most {max_len} characters or null", body[key]) from None
+
+
+def _boolean(body: dict[str, Any], key: str, kind: str) -> bool:
+    value = body[key]
+    if not isinstance(value, bool):
+        raise _invalid(kind, key, "true or false", value)
+    return value
+
+
+def _domain_of(body: dict[str, Any], kind: str) -> str:
+    domain = _optional_string(body, "domain_id", kind, max_len=64) or store.DEFAULT_DOMAIN_ID
     if domain != store.DEFAULT_DOMAIN_ID:
-        raise not_found("domain", str(domain))
+        raise not_found("domain", domain)
     return store.DEFAULT_DOMAIN_ID
 
 
 def _name(body: dict[str, Any], kind: str) -> str:
-    name = body.get("name")
-    if not isinstance(name, str) or not name.strip() or len(name) > 255:
-        raise bad_request(f"Invalid input for field 'name' of {kind}: a non-empty string of at most 255.")
-    return name
+    return _string(body, "name", kind, blank=False)
+
+
+def _user_fields(body: dict[str, Any]) -> dict[str, Any]:
+    """The user attributes present in ``body``, type-checked: name, enabled, default_project_id, password."""
+    values: dict[str, Any] = {}
+    if "name" in body:
+        values["name"] = _name(body, "user")
+    if "enabled" in body:
+        values["enabled"] = _boolean(body, "enabled", "user")
+    if "default_project_id" in body:
+        values["default_project_id"] = _optional_string(body, "default_project_id", "user", max_len=64) or None
+    if "password" in body:
+        values["password"] = _optional_string(body, "password", "user", max_len=MAX_PASSWORD)
+    return values
+
+
+def _project_fields(body: dict[str, Any]) -> dict[str, Any]:
+    """The project attributes present in ``body``, type-checked: name, description, enabled."""
+    values: dict[str, Any] = {}
+    if "name" in body:
+        values["name"] = _name(body, "project")
+    if "description" in body:
+        values["description"] = _optional_string(body, "description", "project") or ""
+    if "enabled" in body:
+        values["enabled"] = _boolean(body, "enabled", "project")
+    if "is_domain" in body and _boolean(body, "is_domain", "project"):
+        raise bad_request("Projects acting as domains are not supported.")
+    return values
 
 
 def _must(value: T | None, kind: str, ref: str) -> T:
@@ -118,11 +184,14 @@ class Admin:
 
     async def create_user(self, request: Request) -> Response:
         body, base = await json_body(request, "user"), self.identity.v3_url(request)
-        password = body.get("password")
-        hashed = await run_in_threadpool(hash_password, password) if isinstance(password, str) else UNUSABLE_PASSWORD
-        default = body.get("default_project_id")
-        user = User(UserId(store.new_id()), _name(body, "user"), _domain_of(body), bool(body.get("enabled", True)),
-                    ProjectId(str(default)) if default else None, hashed)
+        fields = _user_fields(body)
+        if "name" not in fields:
+            fields["name"] = _name(body, "user")  # the 400 for a missing name
+        password = fields.get("password")
+        hashed = await run_in_threadpool(hash_password, password) if password is not None else UNUSABLE_PASSWORD
+        default = fields.get("default_project_id")
+        user = User(UserId(store.new_id()), fields["name"], _domain_of(body, "user"), fields.get("enabled", True),
+                    ProjectId(default) if default else None, hashed)
 
         def run(conn: Connection) -> User:
             if user.default_project_id:
@@ -139,19 +208,16 @@ class Admin:
 
     async def update_user(self, request: Request) -> Response:
         ref, base = request.path_params["id"], self.identity.v3_url(request)
-        body = await json_body(request, "user")
-        values: dict[str, Any] = {}
-        if "name" in body:
-            values["name"] = _name(body, "user")
-        if "enabled" in body:
-            values["enabled"] = bool(body["enabled"])
-        if "default_project_id" in body:
-            values["default_project_id"] = body["default_project_id"] or None
-        if isinstance(body.get("password"), str):
-            values["password_hash"] = await run_in_threadpool(hash_password, body["password"])
+        values = _user_fields(await json_body(request, "user"))
+        password = values.pop("password", None)
+        if password is not None:
+            values["password_hash"] = await run_in_threadpool(hash_password, password)
 
         def run(conn: Connection) -> User:
             _must(store.get_user(conn, ref), "user", ref)
+            default = values.get("default_project_id")
+            if default:
+                _must(store.get_project(conn, default), "project", default)
             if values:
                 store.update_user(conn, ref, **values)
             if "password_hash" in values or values.get("enabled") is False:
@@ -186,10 +252,11 @@ class Admin:
 
     async def create_project(self, request: Request) -> Response:
         body, base = await json_body(request, "project"), self.identity.v3_url(request)
-        if body.get("is_domain"):
-            raise bad_request("Projects acting as domains are not supported.")
-        project = Project(ProjectId(store.new_id()), _name(body, "project"), _domain_of(body),
-                          str(body.get("description") or ""), bool(body.get("enabled", True)))
+        fields = _project_fields(body)
+        if "name" not in fields:
+            fields["name"] = _name(body, "project")  # the 400 for a missing name
+        project = Project(ProjectId(store.new_id()), fields["name"], _domain_of(body, "project"),
+                          fields.get("description", ""), fields.get("enabled", True))
 
         def run(conn: Connection) -> Project:
             store.insert_project(conn, project)
@@ -204,14 +271,7 @@ class Admin:
 
     async def update_project(self, request: Request) -> Response:
         ref, base = request.path_params["id"], self.identity.v3_url(request)
-        body = await json_body(request, "project")
-        values: dict[str, Any] = {}
-        if "name" in body:
-            values["name"] = _name(body, "project")
-        if "description" in body:
-            values["description"] = str(body["description"] or "")
-        if "enabled" in body:
-            values["enabled"] = bool(body["enabled"])
+        values = _project_fields(await json_body(request, "project"))
 
         def run(conn: Connection) -> Project:
             _must(store.get_project(conn, ref), "project", ref)

@@ -24,7 +24,7 @@ from neutrino.config import Config
 from neutrino.context import RequestContext
 from neutrino.db.engine import Database
 from neutrino.errors import Unauthorized
-from neutrino.identity import store
+from neutrino.identity import credentials, store
 from neutrino.identity.cache import TokenCache, token_key
 from neutrino.identity.passwords import hash_password, verify_password
 from neutrino.identity.tokens import Resolved, TokenIssuer
@@ -56,8 +56,12 @@ class BuiltinIdentity:
 
     # -- the Identity protocol ---------------------------------------------------------------------------
     def bootstrap(self) -> None:
-        """Standard roles, the admin project and user from the config (its password wins), expired tokens out."""
+        """Standard roles, the admin project and user (the password in effect wins), expired tokens out.
+
+        The password is the config's, else the one generated on the first start (``credentials``).
+        """
         c = self.cfg.identity
+        admin_password = credentials.ensure(self.cfg).value
 
         def run(conn: Connection) -> None:
             have = {r.name for r in store.list_roles(conn)}
@@ -75,11 +79,11 @@ class BuiltinIdentity:
             if not users:
                 user_id = store.UserId(store.new_id())
                 store.insert_user(conn, store.User(user_id, c.admin_user, store.DEFAULT_DOMAIN_ID, True, project_id,
-                                                   hash_password(c.admin_password)))
+                                                   hash_password(admin_password)))
             else:
                 user_id = users[0].id
-                if not verify_password(c.admin_password, users[0].password_hash):
-                    store.update_user(conn, user_id, password_hash=hash_password(c.admin_password))
+                if not verify_password(admin_password, users[0].password_hash):
+                    store.update_user(conn, user_id, password_hash=hash_password(admin_password))
                 if not users[0].enabled:
                     store.update_user(conn, user_id, enabled=True)
             admin = store.list_roles(conn, name="admin")[0]

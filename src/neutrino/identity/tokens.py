@@ -56,6 +56,14 @@ def mapping(value: Any, what: str) -> Mapping[str, Any]:
     return value
 
 
+def text(ref: Mapping[str, Any], key: str, what: str) -> str:
+    """``ref[key]`` when it is a string, else 400: an id or name of another type names nothing."""
+    value = ref[key]
+    if not isinstance(value, str):
+        raise bad_request(f"Invalid input for field '{key}' of {what}: expected a string.")
+    return value
+
+
 def domain_id(ref: Any) -> str | None:
     """The id of the domain a ``{"id"}`` or ``{"name"}`` reference names, or None if there is no such domain.
 
@@ -65,10 +73,9 @@ def domain_id(ref: Any) -> str | None:
         return store.DEFAULT_DOMAIN_ID
     ref = mapping(ref, "domain")
     if "id" in ref:
-        return store.DEFAULT_DOMAIN_ID if ref["id"] == store.DEFAULT_DOMAIN_ID else None
+        return store.DEFAULT_DOMAIN_ID if text(ref, "id", "domain") == store.DEFAULT_DOMAIN_ID else None
     if "name" in ref:
-        name = ref["name"]
-        return store.DEFAULT_DOMAIN_ID if isinstance(name, str) and name.lower() == "default" else None
+        return store.DEFAULT_DOMAIN_ID if text(ref, "name", "domain").lower() == "default" else None
     raise bad_request("Expecting to find id or name in domain.")
 
 
@@ -90,6 +97,7 @@ class TokenIssuer:
             raise bad_request("Expecting to find methods in identity.")
         if not set(methods) <= SUPPORTED_METHODS:
             raise unauthorized(f"Unsupported authentication method(s): {', '.join(sorted(set(methods)))}.")
+        methods = list(dict.fromkeys(methods))  # ["password", "password"] is one method
         now = store.utcnow()
         parent: Resolved | None = None
         with self.db.read() as conn:
@@ -120,10 +128,10 @@ class TokenIssuer:
             raise bad_request("Expecting to find password in user.")
         user: User | None = None
         if "id" in ref:
-            user = store.get_user(conn, str(ref["id"]))
+            user = store.get_user(conn, text(ref, "id", "user"))
         elif "name" in ref:
             domain = domain_id(ref.get("domain"))
-            found = store.list_users(conn, name=str(ref["name"]), domain_id=domain) if domain else []
+            found = store.list_users(conn, name=text(ref, "name", "user"), domain_id=domain) if domain else []
             user = found[0] if found else None
         else:
             raise bad_request("Expecting to find id or name in user.")
@@ -159,10 +167,10 @@ class TokenIssuer:
             raise unauthorized("Only project scope is supported by this identity service.")
         ref = mapping(scope["project"], "project")
         if "id" in ref:
-            project = store.get_project(conn, str(ref["id"]))
+            project = store.get_project(conn, text(ref, "id", "project"))
         elif "name" in ref:
             domain = domain_id(ref.get("domain"))
-            found = store.list_projects(conn, name=str(ref["name"]), domain_id=domain) if domain else []
+            found = store.list_projects(conn, name=text(ref, "name", "project"), domain_id=domain) if domain else []
             project = found[0] if found else None
         else:
             raise bad_request("Expecting to find id or name in project.")

@@ -20,7 +20,10 @@ log = logging.getLogger(__name__)
 Handler = Callable[[Request], Awaitable[Response]]
 
 TITLES = {400: "Bad Request", 401: "Unauthorized", 403: "Forbidden", 404: "Not Found",
-          405: "Method Not Allowed", 409: "Conflict", 500: "Internal Server Error"}
+          405: "Method Not Allowed", 409: "Conflict", 413: "Request Entity Too Large",
+          500: "Internal Server Error"}
+# Keystone's default max_request_body_size: bodies are refused beyond this before they are parsed.
+MAX_BODY_BYTES = 114_688
 AUTH_REQUIRED = "The request you have made requires authentication."
 NOT_ALLOWED = "You are not authorized to perform the requested action."
 
@@ -60,8 +63,16 @@ def json_response(body: Any, status: int = 200, headers: Mapping[str, str] | Non
     return Response(orjson.dumps(body), status_code=status, media_type="application/json", headers=headers)
 
 
+def too_large() -> KeystoneError:
+    return KeystoneError(413, f"Request is too large: the identity service accepts bodies of at most "
+                              f"{MAX_BODY_BYTES} bytes.")
+
+
 def error_response(exc: KeystoneError) -> Response:
-    return json_response({"error": {"code": exc.code, "title": exc.title, "message": exc.message}}, exc.code)
+    # A refused oversized body is not read: close the connection rather than drain it.
+    headers = {"Connection": "close"} if exc.code == 413 else None
+    return json_response({"error": {"code": exc.code, "title": exc.title, "message": exc.message}}, exc.code,
+                         headers)
 
 
 def timestamp(value: dt.datetime) -> str:
@@ -69,16 +80,60 @@ def timestamp(value: dt.datetime) -> str:
     return value.strftime("%Y-%m-%dT%H:%M:%S.000000Z")
 
 
+def declared_too_large(request: Request) -> bool:
+    length = request.headers.get("content-length", "")
+    return length.isdigit() and int(length) > MAX_BODY_BYTES
+
+
+async def read_body(request: Request) -> bytes:
+    """The body, refused with 413 once it passes MAX_BODY_BYTES: by its Content-Length before anything is
+    read, and by counting while a chunked body streams in, so an oversized body is never held in memory."""
+    if declared_too_large(request):
+        raise too_large()
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > MAX_BODY_BYTES:
+            raise too_large()
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _has_nul(value: Any) -> bool:
+    """Any string (key or value) holding NUL, which PostgreSQL cannot store or even compare. Iterative: JSON
+    nesting may go deeper than Python's recursion limit."""
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, str):
+            if "\x00" in item:
+                return True
+        elif isinstance(item, dict):
+            stack.extend(item.keys())
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
+    return False
+
+
 async def json_body(request: Request, key: str) -> dict[str, Any]:
-    """``{key: {...}}`` from the request body, or a 400 in Keystone's words."""
+    """``{key: {...}}`` from the request body, or a 400 (413 when too large) in Keystone's words."""
     try:
-        body = orjson.loads(await request.body())
+        body = orjson.loads(await read_body(request))
     except orjson.JSONDecodeError:
         raise bad_request("Malformed request body.") from None
     inner = body.get(key) if isinstance(body, dict) else None
     if not isinstance(inner, dict):
         raise bad_request(f"Expecting to find {key} in request body.")
+    if _has_nul(inner):
+        raise bad_request("Invalid input: strings may not contain NUL characters.")
     return inner
+
+
+def _nul_in_url(request: Request) -> bool:
+    return "\x00" in request.url.path or any("\x00" in k or "\x00" in v
+                                             for k, v in request.query_params.multi_items())
 
 
 def dispatch(handlers: Mapping[str, Handler]) -> Handler:
@@ -92,6 +147,10 @@ def dispatch(handlers: Mapping[str, Handler]) -> Handler:
         try:
             if handler is None:
                 raise KeystoneError(405, f"The method {request.method} is not allowed for this resource.")
+            if declared_too_large(request):
+                raise too_large()
+            if _nul_in_url(request):  # no id or name holds NUL, and PostgreSQL could not look one up
+                raise KeystoneError(404, "The resource could not be found.")
             return await handler(request)
         except KeystoneError as exc:
             return error_response(exc)
