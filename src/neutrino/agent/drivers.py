@@ -5,16 +5,52 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field
 
-from neutrino.agent.loop import AgentSettings, Driver, DriverResult
+from neutrino.agent.loop import AgentSettings, Driver, DriverResult, Watch
 from neutrino.agent.model import PortId, Snapshot
 from neutrino.compile.l2 import compile_host
 from neutrino.compile.state import HostState
 from neutrino.config import Config
 from neutrino.dataplane import l2
-from neutrino.dataplane.dnsmasq import DnsmasqSupervisor
+from neutrino.dataplane import netlink as nl
+from neutrino.dataplane.dnsmasq import DnsmasqSupervisor, ExitWatch
 from neutrino.errors import KernelError
 
 log = logging.getLogger("neutrino.agent")
+# Links of ours in the host's namespace whose changes wake the agent. ``ns-`` devices live in qdhcp
+# namespaces, but each is a veth with a ``tap`` here: deleting either end deletes both.
+WATCHED_LINKS = ("brq", "vxlan-", "tap")
+
+
+class HostWatch:
+    """What wakes the agent between passes: a link of ours changing in the host's namespace, or one of
+    the dnsmasq processes the last pass left running ending."""
+
+    def __init__(self, dnsmasq: DnsmasqSupervisor) -> None:
+        self.dnsmasq = dnsmasq
+        self.links = nl.LinkMonitor(WATCHED_LINKS)
+        self.exits = ExitWatch()
+
+    def rearm(self) -> bool:
+        return self.exits.watch(self.dnsmasq.pids().values())
+
+    def fds(self) -> list[int]:
+        return [self.links.fileno(), *self.exits.fds()]
+
+    def drain(self, fd: int) -> bool:
+        if fd == self.links.fileno():
+            events = self.links.drain()
+            if events:
+                log.debug("woken by links: %s", ", ".join(
+                    f"{e.name or '(events lost)'}{' gone' if e.gone else ''}" for e in events[:8]))
+            return bool(events)
+        if self.exits.drain(fd):
+            log.debug("woken by a dnsmasq ending")
+            return True
+        return False
+
+    def close(self) -> None:
+        self.links.close()
+        self.exits.close()
 
 
 @dataclass
@@ -27,6 +63,9 @@ class HostDriver:
 
     def __post_init__(self) -> None:
         self.dnsmasq = DnsmasqSupervisor(self.settings.state_dir)
+
+    def watch(self) -> Watch:
+        return HostWatch(self.dnsmasq)
 
     def compile(self, snap: Snapshot) -> HostState:
         s = self.settings

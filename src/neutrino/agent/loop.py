@@ -1,8 +1,11 @@
-"""The agent's level-triggered loop: snapshot -> every driver reconciles -> report -> wait for the feed.
+"""The agent's level-triggered loop: snapshot -> every driver reconciles -> report -> wait.
 
-Events only wake the loop; each pass works from the complete snapshot of the host's intent, so a
-restart, a missed wake-up and a fresh host all take the same path. A driver that fails leaves its
-objects dirty and the next pass (soon, with backoff) tries again; the other drivers go on.
+A pass runs when the server's intent moves (the change feed), when something of ours changed in the
+kernel (a driver's ``Watch``: link events, a dnsmasq ending), while a port waits for its device, and at
+least every ``resync_seconds`` regardless. Events only wake the loop; each pass works from the complete
+snapshot of the host's intent, so a restart, a missed wake-up, a killed daemon and a fresh host all take
+the same path. A driver that fails leaves its objects dirty and the next pass (after a backoff that
+neither events nor the resync timer shorten) tries again; the other drivers go on.
 """
 
 from __future__ import annotations
@@ -10,8 +13,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import time
-from collections.abc import Sequence
+from collections import Counter
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -25,6 +30,15 @@ log = logging.getLogger("neutrino.agent")
 # again soon, then less and less often (a port whose VM never comes must not keep the agent busy).
 PENDING_POLL = 0.05
 PENDING_POLL_MAX = 5.0
+# Kernel events start a pass after a short pause, so a burst (a deleted bridge: one event per port) is one
+# pass, and never sooner than EVENT_GAP after the previous pass ended. A pass that changed something hears
+# its own changes and confirms with one more pass; a pass that changed nothing makes no events, so the
+# chain ends there.
+EVENT_DEBOUNCE = 0.05
+EVENT_GAP = 0.2
+# After a failed pass the next one waits BACKOFF_MIN, doubling up to BACKOFF_MAX.
+BACKOFF_MIN = 0.2
+BACKOFF_MAX = 10.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -36,11 +50,33 @@ class DriverResult:
     stats: dict[str, Any] = field(default_factory=dict)
 
 
+class Watch(Protocol):
+    """Where a driver hears that its objects may have drifted between passes: file descriptors the loop
+    listens on (in its own thread). Hearing something only wakes the loop."""
+
+    def rearm(self) -> bool:
+        """After a pass: listen to what it left (e.g. the processes now running); True if some of it is
+        already gone."""
+        ...
+
+    def fds(self) -> Collection[int]: ...
+
+    def drain(self, fd: int) -> bool:
+        """Consume what ``fd`` has (never blocks); True when it concerns this driver's objects."""
+        ...
+
+    def close(self) -> None: ...
+
+
 class Driver(Protocol):
     name: str
 
     def reconcile(self, snap: Snapshot) -> DriverResult:
         """compile -> observe -> diff -> apply, blocking; raises on failure (the loop retries)."""
+        ...
+
+    def watch(self) -> Watch | None:
+        """What wakes the loop for this driver's objects (None: only the timers and the feed)."""
         ...
 
 
@@ -51,6 +87,7 @@ class AgentSettings:
     interface_mappings: dict[str, str]
     state_dir: Path
     heartbeat_seconds: float = 10.0
+    resync_seconds: float = 2.0
 
 
 class Agent:
@@ -63,9 +100,18 @@ class Agent:
         self.reported: dict[PortId, bool] = {}
         self.stats: dict[str, Any] = {}
         self.passes = 0
+        self.reasons: Counter[str] = Counter()  # passes by what started them
         self.last_error: str | None = None
         self.in_sync = asyncio.Event()
         self.pending = False  # some of this host's ports are not wired yet (e.g. a tap still to appear)
+        self.snapshot: Snapshot | None = None  # the intent of the last pass, reused until the feed moves
+        self.feed_revision = -1  # the newest revision the change feed announced
+        self._fetched = 0.0  # when self.snapshot came from the server (time.monotonic)
+        self._pass_end = 0.0
+        self._event_at: float | None = None  # first kernel event not covered by a pass yet
+        self._wake = asyncio.Event()
+        self._watches: list[Watch] = []
+        self._fds: dict[int, Watch] = {}
 
     def _load_revision(self) -> int:
         try:
@@ -114,20 +160,34 @@ class Agent:
             await self.source.port_status(self.settings.host, list(active), list(down))
         self.reported = {p: p in wired for p in mine}
 
-    async def run_once(self) -> Snapshot:
-        snap = await self.source.snapshot(self.settings.host)
+    async def run_once(self, fetch: bool = True, reason: str = "intent") -> Snapshot:
+        """One pass. ``fetch``: ask the server for the snapshot (else reuse the last one: the intent has not
+        moved, only the kernel may have)."""
+        if fetch or self.snapshot is None:
+            self.snapshot = await self.source.snapshot(self.settings.host)
+            self._fetched = time.monotonic()
+        snap = self.snapshot
+        self._consume_all()  # what happened until now, this pass observes
+        self._event_at = None
+        self.reasons[reason] += 1
         started = time.perf_counter()
-        changes, wired, errors = await asyncio.to_thread(self.reconcile, snap)
+        try:
+            changes, wired, errors = await asyncio.to_thread(self.reconcile, snap)
+        finally:
+            self._pass_end = time.monotonic()
+            self._rearm()
         await self._report_ports(snap, wired)
         self.passes += 1
         self.last_error = "; ".join(errors) or None
         if not errors:
-            self.revision = snap.revision
-            self._save_revision(snap.revision)
+            if snap.revision != self.revision:
+                self.revision = snap.revision
+                self._save_revision(snap.revision)
             self.in_sync.set()
         log.log(logging.INFO if changes or errors or self.passes == 1 else logging.DEBUG,
-                "pass %d at revision %d: %d changes in %.0f ms%s", self.passes, snap.revision, changes,
-                 (time.perf_counter() - started) * 1000, f" (errors: {self.last_error})" if errors else "")
+                "pass %d (%s) at revision %d: %d changes in %.1f ms%s", self.passes, reason, snap.revision,
+                changes, (time.perf_counter() - started) * 1000,
+                f" (errors: {self.last_error})" if errors else "")
         if errors:
             raise RuntimeError(self.last_error)
         return snap
@@ -141,52 +201,167 @@ class Agent:
             return registered
         return True
 
+    # -- what wakes the loop: the feed (a task of its own) and the drivers' watches (reader callbacks) ----
+    async def _follow_feed(self, stop: asyncio.Event) -> None:
+        """Long-poll the change feed; a revision newer than the last snapshot's wakes the loop."""
+        while not stop.is_set():
+            after = max(self.feed_revision, self.snapshot.revision if self.snapshot is not None else -1)
+            try:
+                rev = await self.source.wait(after, self.settings.heartbeat_seconds)
+            except Exception as exc:
+                log.warning("waiting for changes failed: %s", exc)
+                await _sleep_or_stop(stop, 1.0)
+                continue
+            if rev > after:
+                self.feed_revision = rev
+                self._wake.set()
+
+    def _open_watches(self) -> None:
+        for driver in self.drivers:
+            try:
+                watch = driver.watch()
+            except Exception as exc:  # the periodic pass still repairs, only later
+                log.warning("driver %s: cannot watch the kernel (%s); relying on the periodic pass",
+                            driver.name, exc)
+                continue
+            if watch is not None:
+                self._watches.append(watch)
+        self._rearm()
+
+    def _close_watches(self) -> None:
+        self._unlisten(list(self._fds))
+        for watch in self._watches:
+            watch.close()
+        self._watches.clear()
+
+    def _listen(self) -> None:
+        """Register every watch's current descriptors (level-triggered: nothing is lost while one is
+        briefly unregistered)."""
+        loop = asyncio.get_running_loop()
+        for watch in self._watches:
+            for fd in watch.fds():
+                if fd not in self._fds:
+                    self._fds[fd] = watch
+                    loop.add_reader(fd, self._readable, fd)
+
+    def _unlisten(self, fds: list[int]) -> None:
+        loop = asyncio.get_running_loop()
+        for fd in fds:
+            loop.remove_reader(fd)
+            self._fds.pop(fd, None)
+
+    def _rearm(self) -> None:
+        """After a pass: listen to what it left, and take note of what it heard (its own changes too)."""
+        self._unlisten(list(self._fds))  # a watch may close descriptors it no longer needs
+        for watch in self._watches:
+            if watch.rearm():
+                self._note()
+        self._listen()
+        if self._consume_all():
+            self._note()
+
+    def _consume(self, fd: int) -> bool:
+        watch = self._fds.get(fd)
+        if watch is None:
+            return False
+        self._unlisten([fd])  # before drain(): it may close fd
+        try:
+            hit = watch.drain(fd)
+        except Exception as exc:  # a broken watch must not spin; the periodic pass still repairs
+            log.warning("stopped watching (%s); relying on the periodic pass", exc)
+            self._unlisten([f for f, w in self._fds.items() if w is watch])
+            self._watches.remove(watch)
+            watch.close()
+            return True
+        self._listen()
+        return hit
+
+    def _consume_all(self) -> bool:
+        return any([self._consume(fd) for fd in list(self._fds)])
+
+    def _readable(self, fd: int) -> None:
+        if self._consume(fd):
+            self._note()
+
+    def _note(self) -> None:
+        if self._event_at is None:
+            self._event_at = time.monotonic()
+        self._wake.set()
+
+    # -- the loop -----------------------------------------------------------------------------------------
     async def run(self, stop: asyncio.Event) -> None:
+        self._open_watches()
+        feed = asyncio.create_task(self._follow_feed(stop))
+        try:
+            await self._run(stop)
+        finally:
+            feed.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await feed
+            self._close_watches()
+
+    async def _run(self, stop: asyncio.Event) -> None:
+        s = self.settings
         registered = await self._beat(False)
-        next_beat = time.monotonic() + self.settings.heartbeat_seconds
-        backoff = 0.2
+        next_beat = time.monotonic() + s.heartbeat_seconds
+        backoff = BACKOFF_MIN
         seen = -1
         poll = PENDING_POLL
+        reason = "start"
         while not stop.is_set():
             if not registered or time.monotonic() >= next_beat:  # also while passes keep failing
                 registered = await self._beat(registered)
-                next_beat = time.monotonic() + self.settings.heartbeat_seconds
+                next_beat = time.monotonic() + s.heartbeat_seconds
+            snap = self.snapshot
+            # A new snapshot when the feed moved, after a failure, and every heartbeat (what the snapshot
+            # says about other hosts' liveness changes without a revision).
+            fetch = (snap is None or reason in ("start", "retry") or self.feed_revision > snap.revision
+                     or time.monotonic() - self._fetched >= s.heartbeat_seconds)
             try:
-                snap = await self.run_once()
-                if snap.revision != seen:
-                    poll = PENDING_POLL
-                seen = snap.revision
-                backoff = 0.2
+                snap = await self.run_once(fetch, reason)
             except Exception as exc:
                 log.warning("agent pass failed (%s); retrying in %.1f s", exc, backoff)
+                # Whatever happens meanwhile (events, the resync timer, new intent) waits for the retry:
+                # a failing object must not turn into a hot loop.
                 await _sleep_or_stop(stop, backoff)
-                backoff = min(backoff * 2, 10.0)
+                backoff = min(backoff * 2, BACKOFF_MAX)
+                reason = "retry"
                 continue
+            backoff = BACKOFF_MIN
+            if snap.revision != seen:
+                poll = PENDING_POLL
+            seen = snap.revision
+            next_resync = self._pass_end + max(0.05, s.resync_seconds)
+            # While a port waits for its device (an instance's tap), look again soon, then less often.
+            next_poll = self._pass_end + poll if self.pending else math.inf
+            if self.pending:
+                poll = min(poll * 2, PENDING_POLL_MAX)
             while not stop.is_set():
                 now = time.monotonic()
                 if now >= next_beat:
                     registered = await self._beat(registered)
-                    next_beat = now + self.settings.heartbeat_seconds
-                # While a port waits for its device (an instance's tap), look again soon; else sleep until
-                # the next change or heartbeat.
-                timeout = min(poll, max(0.05, next_beat - now)) if self.pending else max(0.1, next_beat - now)
-                poll = min(poll * 2, PENDING_POLL_MAX)
-                waiter = asyncio.create_task(self.source.wait(seen, timeout))
-                stopper = asyncio.create_task(stop.wait())
-                done, _ = await asyncio.wait({waiter, stopper}, return_when=asyncio.FIRST_COMPLETED)
-                stopper.cancel()
-                if waiter not in done:
-                    waiter.cancel()
+                    next_beat = time.monotonic() + s.heartbeat_seconds
+                    continue
+                due, reason = min((next_resync, "resync"), (next_poll, "pending"))
+                if self._event_at is not None:
+                    at = max(self._event_at + EVENT_DEBOUNCE, self._pass_end + EVENT_GAP)
+                    due, reason = min((due, reason), (at, "event"))
+                if self.feed_revision > snap.revision:
+                    reason = "intent"
                     break
-                if self.pending:
+                if now >= due:
                     break
-                try:
-                    if waiter.result() > seen:
-                        break
-                except Exception as exc:
-                    log.warning("waiting for changes failed: %s", exc)
-                    await _sleep_or_stop(stop, 1.0)
-                    break
+                self._wake.clear()
+                await _wait_any(min(due, next_beat) - now, stop, self._wake)
+
+
+async def _wait_any(timeout: float, *events: asyncio.Event) -> None:
+    waiters = [asyncio.create_task(e.wait()) for e in events]
+    try:
+        await asyncio.wait(waiters, timeout=max(0.0, timeout), return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for w in waiters:
+            w.cancel()
 
 
 async def _sleep_or_stop(stop: asyncio.Event, seconds: float) -> None:

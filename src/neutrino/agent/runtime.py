@@ -35,6 +35,7 @@ def settings(cfg: Config) -> AgentSettings:
         interface_mappings=dict(cfg.agent.physical_interface_mappings),
         state_dir=Path(cfg.state_dir).resolve() / "agent",
         heartbeat_seconds=cfg.agent.heartbeat_seconds,
+        resync_seconds=cfg.agent.resync_seconds,
     )
 
 

@@ -6,6 +6,8 @@ changed (temp + rename), SIGHUPs a running process whose files changed, starts a
 one only when its command line must change (its subnets, or which ports carry extra_dhcp_opts: see
 compile.dhcp), and stops those of networks no longer served.
 A process is recognised across agent restarts by its pid file and ``/proc/<pid>/cmdline``.
+``ExitWatch`` turns the processes a pass left running into pidfds that become readable when one ends, so
+the agent hears of a killed dnsmasq at once instead of at its next pass.
 """
 
 from __future__ import annotations
@@ -13,10 +15,12 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import select
 import shutil
 import signal
 import subprocess
 import time
+from collections.abc import Collection
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -50,6 +54,11 @@ class DnsmasqSupervisor:
     def __init__(self, state_dir: Path) -> None:
         self.root = state_dir / "dhcp"
         self._traversable = False
+        self._pids: dict[str, int] = {}  # network -> the dnsmasq the last ensure() left running
+
+    def pids(self) -> dict[str, int]:
+        """The processes this supervisor started or found running, by network, as of its last call."""
+        return dict(self._pids)
 
     def _make_traversable(self) -> None:
         """dnsmasq reads its files after dropping root: every directory above them must be searchable
@@ -112,7 +121,10 @@ class DnsmasqSupervisor:
                 log.warning("dnsmasq for network %s is gone (pid file %s, %s); starting it again",
                             spec.network_id, old, _exit_code(old))
             self._start(spec, files.argv_tail)
+            if (started := self.running_pid(spec.network_id)) is not None:
+                self._pids[spec.network_id] = started
             return action
+        self._pids[spec.network_id] = pid
         if changed:
             os.kill(pid, signal.SIGHUP)
             return "reloaded"
@@ -149,10 +161,45 @@ class DnsmasqSupervisor:
             os.kill(pid, signal.SIGKILL)
 
     def stop(self, network_id: str) -> None:
+        self._pids.pop(network_id, None)
         pid = self.running_pid(network_id)
         if pid is not None:
             self._kill(pid)
         shutil.rmtree(self.directory(network_id), ignore_errors=True)
+
+
+class ExitWatch:
+    """Process exits as readable file descriptors (pidfds). dnsmasq daemonizes: it is not the agent's
+    child, so no SIGCHLD says when it dies; its pidfd becomes readable when it does."""
+
+    def __init__(self) -> None:
+        self._fds: dict[int, int] = {}  # pid -> pidfd
+
+    def watch(self, pids: Collection[int]) -> bool:
+        """Listen to exactly ``pids`` from now on; True when one of them has already ended."""
+        gone = False
+        for pid in set(self._fds) - set(pids):
+            os.close(self._fds.pop(pid))
+        for pid in sorted(set(pids) - set(self._fds)):
+            try:
+                self._fds[pid] = os.pidfd_open(pid)
+            except ProcessLookupError:
+                gone = True
+        return gone
+
+    def fds(self) -> list[int]:
+        return sorted(self._fds.values())
+
+    def drain(self, fd: int) -> bool:
+        """True when ``fd``'s process has ended (the fd is then closed and forgotten)."""
+        pid = next((p for p, f in self._fds.items() if f == fd), None)
+        if pid is None or not select.select([fd], [], [], 0)[0]:
+            return False
+        os.close(self._fds.pop(pid))
+        return True
+
+    def close(self) -> None:
+        self.watch(())
 
 
 def _status(pid: int) -> bytes:

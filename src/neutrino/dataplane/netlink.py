@@ -12,6 +12,7 @@ import ctypes
 import errno
 import ipaddress
 import os
+import socket as stdsocket
 import subprocess
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -20,6 +21,8 @@ from typing import Any
 from pyroute2 import IPRoute
 from pyroute2 import netns as pr_netns
 from pyroute2.netlink.exceptions import NetlinkError
+from pyroute2.netlink.rtnl import RTM_DELLINK, RTM_NEWLINK, RTMGRP_LINK
+from pyroute2.netlink.rtnl.marshal import MarshalRtnl
 
 from neutrino.errors import KernelError
 
@@ -260,3 +263,56 @@ def fdb(sock: Any, op: str, link: int, mac: str, dst: str, obj: str, ns: str | N
         if not (op == "append" and exc.code == errno.EEXIST) and not (op == "del" and exc.code == errno.ENOENT):
             raise KernelError(f"fdb {op} {mac} -> {dst} failed: {exc}", obj=obj, namespace=ns or "",
                               errno=exc.code) from exc
+
+
+@dataclass(frozen=True, slots=True)
+class LinkEvent:
+    name: str            # '' when events were lost (the socket overflowed): anything may have changed
+    gone: bool = False   # RTM_DELLINK
+
+
+class LinkMonitor:
+    """Link changes (RTM_NEWLINK / RTM_DELLINK) in the agent's own namespace, for links whose names start
+    with one of ``prefixes``; read without blocking, for an event loop's reader callback.
+
+    A plain netlink socket bound to the link group: pyroute2 only parses what arrives (its ``IPRoute``
+    brings an event loop of its own, which must not run inside the agent's).
+    """
+
+    def __init__(self, prefixes: tuple[str, ...]) -> None:
+        self.prefixes = prefixes
+        self._marshal = MarshalRtnl()
+        sock = stdsocket.socket(stdsocket.AF_NETLINK, stdsocket.SOCK_RAW | stdsocket.SOCK_NONBLOCK |
+                                stdsocket.SOCK_CLOEXEC, stdsocket.NETLINK_ROUTE)
+        try:
+            sock.setsockopt(stdsocket.SOL_SOCKET, stdsocket.SO_RCVBUF, 1 << 20)
+            sock.bind((0, RTMGRP_LINK))
+        except OSError as exc:
+            sock.close()
+            raise KernelError(f"cannot listen to link events: {exc}", errno=exc.errno) from exc
+        self._sock = sock
+
+    def fileno(self) -> int:
+        return self._sock.fileno()
+
+    def drain(self) -> list[LinkEvent]:
+        """Everything queued now (never waits): events of matching links, in order."""
+        out: list[LinkEvent] = []
+        while True:
+            try:
+                data = self._sock.recv(1 << 16)
+            except BlockingIOError:
+                return out
+            except OSError as exc:
+                if exc.errno != errno.ENOBUFS:
+                    raise KernelError(f"reading link events failed: {exc}", errno=exc.errno) from exc
+                out.append(LinkEvent(""))  # the kernel dropped events: report "unknown change"
+                continue
+            for msg in self._marshal.parse(data):
+                kind = msg["header"]["type"]
+                name = msg.get_attr("IFLA_IFNAME") if kind in (RTM_NEWLINK, RTM_DELLINK) else None
+                if name and name.startswith(self.prefixes):
+                    out.append(LinkEvent(name, kind == RTM_DELLINK))
+
+    def close(self) -> None:
+        self._sock.close()
