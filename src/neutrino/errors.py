@@ -11,7 +11,8 @@ at the dataplane boundary and carry the object and namespace they concern.
     │   ├── Forbidden (403) ── PolicyNotAuthorized
     │   ├── NotFound (404) ── NetworkNotFound, SubnetNotFound, PortNotFound, ...
     │   ├── Conflict (409) ── InUse, IpAddressAlreadyAllocated, IpAddressGenerationFailure, OverQuota,...
-    │   └── PreconditionFailed (412) ── RevisionNumberConstraintFailed
+    │   ├── PreconditionFailed (412) ── RevisionNumberConstraintFailed
+    │   └── RequestTooLarge (413)
     ├── ConfigError
     └── KernelError (object, namespace, errno)
 """
@@ -100,6 +101,11 @@ class OverQuota(Conflict):
 
     def __init__(self, resources: list[str]) -> None:
         super().__init__(f"Quota exceeded for resources: {resources}.")
+
+
+class RequestTooLarge(ApiError):
+    status = 413
+    type = "HTTPRequestEntityTooLarge"
 
 
 class PreconditionFailed(ApiError):

@@ -198,3 +198,16 @@ def member_connection(server: Server, admin: openstack.connection.Connection, na
     role_obj = next(r for r in admin.identity.roles() if r.name == role)
     admin.identity.assign_project_role_to_user(project, user, role_obj)
     return connect(server, name, "pw-" + name, name)
+
+
+def uniq(prefix: str) -> str:
+    return f"{prefix}-{uuid.uuid4().hex[:8]}"
+
+
+def error(resp: httpx.Response, status: int, type_: str) -> dict[str, str]:
+    """Assert a Neutron-style error: the status, {"NeutronError": {"type", "message", "detail"}}."""
+    assert resp.status_code == status, resp.text
+    body: dict[str, str] = resp.json()["NeutronError"]
+    assert body["type"] == type_, body
+    assert body["message"] and "detail" in body
+    return body

@@ -137,3 +137,19 @@ def test_admin_down_port_is_plugged_down_and_not_served() -> None:
     assert {p.device: p.up for p in state.plugs} == {"tapp1000000-00": False, "tapp3000000-00": True}
     [spec] = state.dhcp
     assert "fa:16:3e:00:00:11" not in render_dnsmasq(spec).hosts
+
+
+def test_tenant_text_with_control_characters_never_reaches_the_options_file() -> None:
+    """Whatever the database holds, a newline in an option cannot start a line outside the port's tag."""
+    attack = "a.example\noption:classless-static-route,0.0.0.0/1,10.0.0.66,128.0.0.0/1,10.0.0.66"
+    snap = snapshot()
+    pid = PortId("p1000000-0000-0000-0000-000000000000")
+    opts = (ExtraDhcpOpt("domain-name", attack), ExtraDhcpOpt("mtu\nrouter", "1400"),
+            ExtraDhcpOpt("bootfile-name", "pxe.0"))
+    snap = dataclasses.replace(snap, ports={**snap.ports, pid: dataclasses.replace(snap.ports[pid],
+                                                                                  extra_dhcp_opts=opts)})
+    [spec] = compile_dhcp(snap, "h1")
+    lines = render_dnsmasq(spec).opts.splitlines()
+    assert all(line.startswith("tag:") for line in lines)
+    assert [line for line in lines if "pp1000" in line] == ["tag:pp100000000000000,option:bootfile-name,pxe.0"]
+    assert not any("0.0.0.0/1" in line for line in lines)

@@ -41,8 +41,10 @@ def test_admin_only_attributes() -> None:
     parse_bodies(NETWORK, {"network": {"shared": False}}, MEMBER)  # the default is not a privilege
     with pytest.raises(PolicyNotAuthorized):
         parse_update(PORT, {"port": {"binding:host_id": "h"}}, MEMBER)
-    with pytest.raises(PolicyNotAuthorized):
-        parse_bodies(NETWORK, {"network": {"project_id": "other"}}, MEMBER)
+    with pytest.raises(ApiError, match="requires admin privileges") as err:  # Neutron: 400, not 403
+        parse_bodies(PORT, {"port": {"network_id": "3f1e1b8e-2c1f-4c5a-9b7e-1d2c3b4a5f60", "project_id": "other"}},
+                     MEMBER)
+    assert err.value.status == 400
     with pytest.raises(ApiError, match="read-only"):
         parse_update(SUBNET, {"subnet": {"cidr": "10.0.0.0/24"}}, ADMIN)
 
@@ -70,3 +72,29 @@ def test_list_query() -> None:
         parse_list_query(PORT, [("binding:host_id", "h")], is_admin=False)
     with pytest.raises(ApiError):
         parse_list_query(NETWORK, [("sort_key", "name"), ("sort_dir", "sideways")], is_admin=True)
+
+
+@pytest.mark.parametrize("value", ["fe80::1%eth0", "fe80::1%eth0\nx", "10.0.0.1\n", " 10.0.0.1"])
+def test_addresses_refuse_zone_ids_and_control_characters(value: str) -> None:
+    with pytest.raises(ValueError):
+        v.ip_address(value)
+    with pytest.raises(ValueError):
+        v.subnet_cidr(value + "/64")
+
+
+@pytest.mark.parametrize("opt", [
+    {"opt_name": "domain-name", "opt_value": "a.example\noption:router,10.0.0.66"},
+    {"opt_name": "router\n", "opt_value": "10.0.0.66"},
+    {"opt_name": "mtu", "opt_value": "1400\r"},
+    {"opt_name": "a b", "opt_value": "x"},
+    {"opt_name": "", "opt_value": "x"},
+    {"opt_name": "mtu", "opt_value": "x", "ip_version": True},
+])
+def test_dhcp_options_are_single_line_tokens(opt: dict[str, object]) -> None:
+    with pytest.raises(ValueError):
+        v.extra_dhcp_opt(opt)
+
+
+def test_dhcp_options_as_ironic_uses_them() -> None:
+    for name in ("bootfile-name", "67", "tag:ipxe,bootfile-name", "tag:!ipxe,67"):
+        assert v.extra_dhcp_opt({"opt_name": name, "opt_value": "x.efi"})["opt_name"] == name

@@ -51,6 +51,59 @@ AGENT = ResourceSpec(
 )
 
 
+MAX_WAIT_SECONDS = 55.0  # below common proxy idle timeouts; the agent simply asks again
+
+
+def _number(request: Request, name: str, kind: type[int] | type[float], default: str, lo: float, hi: float) -> Any:
+    """A bounded, finite number from the query string (a NaN timeout would make a wait endless)."""
+    raw = request.query_params.get(name, default)
+    try:
+        value = kind(raw)
+    except ValueError:
+        raise BadRequest(f"{name} must be a number, not '{raw}'", type="HTTPBadRequest") from None
+    if not lo <= value <= hi:  # also false for NaN
+        raise BadRequest(f"{name} must be between {lo:g} and {hi:g}, not '{raw}'", type="HTTPBadRequest")
+    return value
+
+
+def _body_error(what: str, detail: str) -> BadRequest:
+    return BadRequest(f"Invalid {what}: {detail}", type="HTTPBadRequest")
+
+
+def parse_report(body: Any) -> agent_service.AgentReport:
+    """The body of /agent-api/v1/report: {"host", "agent_type", "configurations"?, "start_flag"?}."""
+    if not isinstance(body, dict):
+        raise _body_error("agent report", "expected an object")
+    host, kind, conf = body.get("host"), body.get("agent_type"), body.get("configurations", {})
+    if not isinstance(host, str) or not host or len(host) > 255 or not host.isprintable():
+        raise _body_error("agent report", "host must be a non-empty string")
+    try:
+        agent_type = agent_service.AgentType(str(kind))
+    except ValueError:
+        raise _body_error("agent report", f"unknown agent_type {kind!r}") from None
+    try:
+        conf = v.json_dict()(conf)
+    except ValueError as exc:
+        raise _body_error("agent report", f"configurations: {exc}") from None
+    start = body.get("start_flag", False)
+    if not isinstance(start, bool):
+        raise _body_error("agent report", "start_flag must be true or false")
+    return agent_service.AgentReport(host=host, agent_type=agent_type, configurations=conf, start_flag=start)
+
+
+def parse_port_status(body: Any) -> tuple[str, list[str], list[str]]:
+    """The body of /agent-api/v1/port-status: {"host", "active": [port ids], "down": [port ids]}."""
+    if not isinstance(body, dict) or not isinstance(body.get("host", ""), str):
+        raise _body_error("port status", "expected {\"host\": ..., \"active\": [...], \"down\": [...]}")
+    lists = []
+    for key in ("active", "down"):
+        ids = body.get(key, [])
+        if not isinstance(ids, list) or not all(isinstance(i, str) for i in ids):
+            raise _body_error("port status", f"{key} must be a list of port ids")
+        lists.append(ids)
+    return body.get("host", ""), lists[0], lists[1]
+
+
 def routes(api: Api, guarded: Callable[[Handler], Handler]) -> list[BaseRoute]:
     from neutrino.api.app import json_response
 
@@ -130,13 +183,7 @@ def routes(api: Api, guarded: Callable[[Handler], Handler]) -> list[BaseRoute]:
     # -- the agent channel ----------------------------------------------------------------------------
     async def report(request: Request) -> Response:
         await admin_ctx(request, "report_state")
-        body = await api.body(request)
-        try:
-            rep = agent_service.AgentReport(host=str(body["host"]), agent_type=agent_service.AgentType(
-                body["agent_type"]), configurations=dict(body.get("configurations", {})),
-                start_flag=bool(body.get("start_flag", False)))
-        except (KeyError, ValueError, TypeError) as exc:
-            raise BadRequest(f"Invalid agent report: {exc}", type="HTTPBadRequest") from None
+        rep = parse_report(await api.body(request))
         agent_id = await api.write(lambda conn: api.agent_report(conn, rep))
         return json_response({"id": agent_id})
 
@@ -150,18 +197,13 @@ def routes(api: Api, guarded: Callable[[Handler], Handler]) -> list[BaseRoute]:
 
     async def wait(request: Request) -> Response:
         await admin_ctx(request, "get_snapshot")
-        try:
-            after = int(request.query_params.get("after", "0"))
-            timeout = min(float(request.query_params.get("timeout", "25")), 55.0)
-        except ValueError:
-            raise BadRequest("after and timeout must be numbers", type="HTTPBadRequest") from None
+        after = _number(request, "after", int, "0", 0, 1 << 62)
+        timeout = _number(request, "timeout", float, "25", 0.0, MAX_WAIT_SECONDS)
         return json_response({"revision": await api.feed.wait(after, timeout)})
 
     async def port_status(request: Request) -> Response:
         await admin_ctx(request, "update_port:status")
-        body = await api.body(request)
-        host = str(body.get("host", ""))
-        active, down = list(body.get("active", [])), list(body.get("down", []))
+        host, active, down = parse_port_status(await api.body(request))
         changed = await api.write(lambda conn: ports.set_status(conn, host, active, down))
         return json_response({"changed": changed})
 

@@ -34,7 +34,16 @@ from neutrino.api.resources import NETWORK, PORT, SUBNET
 from neutrino.config import Config
 from neutrino.context import RequestContext
 from neutrino.db.engine import Database
-from neutrino.errors import ApiError, BadRequest, Conflict, MethodNotAllowed, NotFound, ServiceUnavailable, Unauthorized
+from neutrino.errors import (
+    ApiError,
+    BadRequest,
+    Conflict,
+    MethodNotAllowed,
+    NotFound,
+    RequestTooLarge,
+    ServiceUnavailable,
+    Unauthorized,
+)
 
 if TYPE_CHECKING:
     from neutrino.identity import Identity
@@ -99,6 +108,22 @@ def json_response(body: Any, status: int = 200) -> Response:
     return Response(raw, status_code=status, media_type="application/json", background=background)
 
 
+async def read_body(request: Request, limit: int) -> bytes:
+    """The request body, refused (413) before parsing when it is larger than ``limit`` bytes — by its
+    Content-Length, or while it streams in when it has none."""
+    too_large = RequestTooLarge(f"Request is too large: the limit is {limit} bytes.")
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > limit:
+        raise too_large
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise too_large
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
 def error_response(exc: ApiError) -> Response:
     return json_response(exc.body(), exc.status)
 
@@ -123,7 +148,7 @@ class Api:
         return ctx
 
     async def body(self, request: Request) -> Any:
-        raw = await request.body()
+        raw = await read_body(request, self.cfg.api.max_body_bytes)
         if not raw:
             raise BadRequest("Resource body required", type="HTTPBadRequest")
         try:
@@ -159,18 +184,16 @@ class Api:
         q = listing.parse_list_query(b.spec, params, is_admin=ctx.is_admin,
                                      default_limit=self.cfg.api.default_page_limit)
 
-        def run(conn: Connection) -> tuple[list[dict[str, Any]], bool]:
+        def run(conn: Connection) -> list[dict[str, Any]]:
             stmt, reverse = listing.select_page(conn, b.spec, q, b.scope(ctx))
             rows = list(conn.execute(stmt).all())
-            more = q.limit is not None and len(rows) > q.limit
-            rows = rows[: q.limit] if q.limit is not None else rows
             if reverse:
                 rows.reverse()
-            return b.view(conn, rows, ctx), more
+            return b.view(conn, rows, ctx)
 
-        items, more = await self.read(run)
+        items = await self.read(run)
         body: dict[str, Any] = {b.spec.collection: [listing.select_fields(i, q.fields) for i in items]}
-        links = listing.page_links(self.base_url, b.spec.collection, params, q, items, more)
+        links = listing.page_links(self.base_url, b.spec.collection, params, q, items)
         if links:
             body[f"{b.spec.collection}_links"] = links
         return json_response(body)

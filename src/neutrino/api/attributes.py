@@ -38,8 +38,11 @@ def _bool_filter(value: str) -> bool:
     return v.boolean(value)
 
 
+_int64 = v.integer(-(1 << 63), (1 << 63) - 1)
+
+
 def _int_filter(value: str) -> int:
-    return int(v.integer()(value))
+    return int(_int64(value))
 
 
 FILTER_FOR = {"bool": _bool_filter, "int": _int_filter}
@@ -134,7 +137,8 @@ def _project(out: dict[str, Any], ctx: RequestContext, resource: ResourceSpec) -
         raise BadRequest("'project_id' and 'tenant_id' do not match", type="HTTPBadRequest")
     wanted = project or tenant or ctx.project_id
     if wanted != ctx.project_id and not ctx.is_admin:
-        raise PolicyNotAuthorized(f"rule:create_{resource.name}")
+        raise BadRequest("Specifying 'project_id' or 'tenant_id' other than the authenticated project in "
+                         "request requires admin privileges", type="HTTPBadRequest")
     out["project_id"] = wanted
 
 

@@ -22,8 +22,18 @@ if TYPE_CHECKING:
     from neutrino.api.app import Api, Binding, Handler
 
 
+MAX_QUOTA = (1 << 31) - 1
+
+
 def routes(api: Api, guarded: Callable[[Handler], Handler]) -> list[BaseRoute]:
     from neutrino.api.app import _binding, json_response
+
+    def tagged(collection: str) -> Binding:
+        """A collection whose resources carry tags (standard attributes); agents, for one, do not."""
+        b = _binding(api, collection)
+        if "tags" not in b.spec.attrs:
+            raise NotFound("The resource could not be found.", type="HTTPNotFound")
+        return b
 
     def owned(conn: Connection, b: Binding, request: Request, write: bool, ctx: Any) -> Any:
         row = b.fetch(conn, ctx, request.path_params["id"])
@@ -36,7 +46,7 @@ def routes(api: Api, guarded: Callable[[Handler], Handler]) -> list[BaseRoute]:
         return standard.load_tags(conn, [rid]).get(rid, [])
 
     async def tags_all(request: Request) -> Response:
-        b = _binding(api, request.path_params["collection"])
+        b = tagged(request.path_params["collection"])
         ctx = await api.context(request)
         rid = request.path_params["id"]
         if request.method == "GET":
@@ -64,7 +74,7 @@ def routes(api: Api, guarded: Callable[[Handler], Handler]) -> list[BaseRoute]:
         return Response(status_code=204)
 
     async def tag_one(request: Request) -> Response:
-        b = _binding(api, request.path_params["collection"])
+        b = tagged(request.path_params["collection"])
         ctx = await api.context(request)
         rid, tag = request.path_params["id"], request.path_params["tag"]
         try:
@@ -136,7 +146,7 @@ def routes(api: Api, guarded: Callable[[Handler], Handler]) -> list[BaseRoute]:
             if key not in known:
                 raise v.AttributeError_(f"Unrecognized attribute(s) '{key}'")
             try:
-                values[key] = v.integer(-1)(raw)
+                values[key] = v.integer(-1, MAX_QUOTA)(raw)
             except ValueError as exc:
                 raise v.invalid(key, str(exc)) from None
 

@@ -2,7 +2,7 @@
 
 ``parse_list_query`` reads the query string into a ``ListQuery``; ``select_page`` turns it into one SQL
 statement over the resource's table (filters and tag filters as WHERE, keyset pagination from the marker
-row, ``limit + 1`` rows to know whether a next page exists); ``page_links`` builds ``<collection>_links``.
+row, ``limit`` rows); ``page_links`` builds ``<collection>_links`` by Neutron's rules.
 """
 
 from __future__ import annotations
@@ -13,13 +13,14 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlencode
 
-from sqlalchemy import Connection, Select, and_, func, not_, or_, select, true
+from sqlalchemy import Connection, Select, and_, false, func, not_, or_, select, true
 
 from neutrino.api import validate as v
 from neutrino.api.attributes import ResourceSpec
 from neutrino.db.schema import tags as tags_table
 from neutrino.errors import not_found
 
+MAX_LIMIT = 1 << 31
 RESERVED = {"fields", "sort_key", "sort_dir", "limit", "marker", "page_reverse",
             "tags", "tags-any", "not-tags", "not-tags-any", "changed_since"}
 
@@ -51,7 +52,10 @@ def _changed_since(resource: ResourceSpec, values: list[str] | None) -> dt.datet
         raise v.AttributeError_(f"The query parameter changed_since must be an ISO 8601 time such as "
                                 f"2026-01-31T12:00:00Z, not '{values[-1]}'") from None
     if ts.tzinfo is not None:
-        ts = ts.astimezone(dt.UTC).replace(tzinfo=None)
+        try:
+            ts = ts.astimezone(dt.UTC).replace(tzinfo=None)
+        except OverflowError:  # a valid time whose UTC falls outside years 1..9999: before or after all
+            ts = dt.datetime.min if ts.year == 1 else dt.datetime.max
     return ts
 
 
@@ -88,22 +92,26 @@ def parse_list_query(resource: ResourceSpec, params: Sequence[tuple[str, str]], 
         sorts.append((key, direction == "asc"))
     limit: int | None = None
     if "limit" in multi:
-        try:
-            limit = int(multi["limit"][-1])
-        except ValueError:
-            raise v.AttributeError_(f"Limit must be an integer 0 or greater and not '{multi['limit'][-1]}'") from None
-        if limit < 0:
-            raise v.AttributeError_(f"Limit must be an integer 0 or greater and not '{limit}'")
-        limit = limit or None
+        raw = multi["limit"][-1]
+        if not raw.strip().isdigit():
+            raise v.AttributeError_(f"Limit must be an integer 0 or greater and not '{raw}'")
+        # Beyond any table's size a limit means "all": clamp so the database never sees an overflow.
+        limit = min(int(raw), MAX_LIMIT) or None
     elif default_limit:
         limit = default_limit
+    page_reverse = False
+    if "page_reverse" in multi:
+        try:
+            page_reverse = v.boolean(multi["page_reverse"][-1])
+        except ValueError as exc:
+            raise v.invalid("page_reverse", str(exc)) from None
     return ListQuery(
         filters=filters,
         fields=tuple(f for value in multi.get("fields", []) for f in value.split(",") if f),
         sorts=tuple(sorts),
         limit=limit,
         marker=multi["marker"][-1] if "marker" in multi else None,
-        page_reverse=v.boolean(multi.get("page_reverse", ["false"])[-1]) if "page_reverse" in multi else False,
+        page_reverse=page_reverse,
         tags_all=_tags(multi.get("tags", [])),
         tags_any=_tags(multi.get("tags-any", [])),
         not_tags_all=_tags(multi.get("not-tags", [])),
@@ -169,37 +177,49 @@ def select_page(conn: Connection, resource: ResourceSpec, q: ListQuery, scope: A
     order = []
     for col, asc in keys:
         assert col is not None
-        forward = asc != reverse
-        order.append(col.asc() if forward else col.desc())
+        # NULLs first going forward on every backend (PostgreSQL would put them last), so that order by,
+        # keyset condition and reverse paging agree.
+        order.append(col.asc().nulls_first() if asc != reverse else col.desc().nulls_last())
     stmt = stmt.order_by(*order)
     if q.limit is not None:
-        stmt = stmt.limit(q.limit + 1)
+        stmt = stmt.limit(q.limit)
     return stmt, reverse
 
 
 def _after(keys: list[tuple[Any, bool]], marker: Any, reverse: bool) -> Any:
-    """Rows strictly after the marker in sort order (lexicographic over the sort keys)."""
+    """Rows strictly after the marker in sort order (lexicographic over the sort keys, NULL lowest)."""
     ors = []
-    for i, (col, asc) in enumerate(keys):
+    eqs: list[Any] = []
+    for col, asc in keys:
         value = marker._mapping[col.name]
-        eqs = [c == marker._mapping[c.name] for c, _ in keys[:i]]
         forward = asc != reverse
-        ors.append(and_(*eqs, col > value if forward else col < value))
+        if value is None:
+            beyond = col.is_not(None) if forward else false()
+            same = col.is_(None)
+        elif isinstance(value, bool):  # no < on booleans in SQL: false sorts before true
+            beyond = col == (not value) if forward != value else false()
+            same = col == value
+        else:
+            beyond = col > value if forward else or_(col < value, col.is_(None))
+            same = col == value
+        ors.append(and_(*eqs, beyond))
+        eqs.append(same)
     return or_(*ors) if ors else true()
 
 
 def page_links(base_url: str, collection: str, params: Sequence[tuple[str, str]], q: ListQuery,
-               items: list[dict[str, Any]], has_more: bool) -> list[dict[str, str]]:
+               items: list[dict[str, Any]]) -> list[dict[str, str]]:
+    """Neutron's rule: a full page has a link onward (even when it is the last: the next page is empty);
+    a page has a link back unless it was short while paging backwards."""
     if q.limit is None or not items:
         return []
     kept = [(k, val) for k, val in params if k not in ("marker", "page_reverse", "limit")]
+    short = len(items) < q.limit
     links = []
-    forward_more = has_more if not q.page_reverse else q.marker is not None
-    backward_more = q.marker is not None if not q.page_reverse else has_more
-    if forward_more:
+    if not (short and not q.page_reverse):
         nxt = kept + [("limit", str(q.limit)), ("marker", items[-1]["id"])]
         links.append({"rel": "next", "href": f"{base_url}/v2.0/{collection}?{urlencode(nxt)}"})
-    if backward_more:
+    if not (short and q.page_reverse):
         prev = kept + [("limit", str(q.limit)), ("marker", items[0]["id"]), ("page_reverse", "True")]
         links.append({"rel": "previous", "href": f"{base_url}/v2.0/{collection}?{urlencode(prev)}"})
     return links

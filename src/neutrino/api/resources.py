@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import and_, select
+from sqlalchemy import or_, select
 
 from neutrino.api import validate as v
 from neutrino.api.attributes import FILTER_FOR, Attr, ResourceSpec, standard_attrs
@@ -65,6 +65,18 @@ def _ipv6_mode(value: Any) -> Any:
     return v.one_of(None, "slaac", "dhcpv6-stateful", "dhcpv6-stateless")(value)
 
 
+def _bool_values(attr: str, values: list[str]) -> list[bool]:
+    try:
+        return [v.boolean(value) for value in values]
+    except ValueError as exc:
+        raise v.invalid(attr, str(exc)) from None
+
+
+def _subnet_shared_filter(values: list[str]) -> Any:
+    """Subnets have no ``shared`` of their own: it is their network's (a filter stock clients send)."""
+    return subnets.c.network_id.in_(select(networks.c.id).where(networks.c.shared.in_(_bool_values("shared", values))))
+
+
 SUBNET = ResourceSpec(
     name="subnet",
     collection="subnets",
@@ -73,7 +85,7 @@ SUBNET = ResourceSpec(
         **standard_attrs(),
         "network_id": Attr("network_id", "network_id", post=True, required=True, validate=v.uuid_str),
         "ip_version": Attr("ip_version", "ip_version", post=True, required=True,
-                           validate=lambda x: int(v.one_of("4", "6")(str(x))), filter=i),
+                           validate=v.ip_version, filter=i),
         "cidr": Attr("cidr", "cidr", post=True, validate=v.subnet_cidr),
         "gateway_ip": Attr("gateway_ip", "gateway_ip", post=True, put=True, validate=v.ip_address_or_none),
         "allocation_pools": Attr("allocation_pools", post=True, put=True, validate=_pool_list, sortable=False),
@@ -93,21 +105,35 @@ SUBNET = ResourceSpec(
         "segment_id": Attr("segment_id", "segment_id"),
         "service_types": Attr("service_types", post=True, put=True, default=list,
                               validate=v.list_of(v.string(255)), sortable=False),
+        "shared": Attr("shared", sortable=False),
     },
+    special_filters={"shared": _subnet_shared_filter},
 )
 
 
+MAX_SUBSTR_FILTERS = 64
+
+
 def _fixed_ips_filter(values: list[str]) -> Any:
-    """``fixed_ips=ip_address=X`` / ``subnet_id=Y`` / ``ip_address_substr=Z``; repeated values AND."""
-    conds = []
+    """``fixed_ips=ip_address=X`` / ``subnet_id=Y`` / ``ip_address_substr=Z`` as Neutron reads them: ports
+    with one allocation matching every given key, repeated values of one key OR'd (IN, however many)."""
+    by_key: dict[str, list[str]] = {}
     for value in values:
         key, sep, want = value.partition("=")
         if not sep or key not in ("ip_address", "subnet_id", "ip_address_substr"):
             raise v.invalid("fixed_ips", f"'{value}' is not of the form ip_address=... or subnet_id=...")
-        column = ipallocations.c.subnet_id if key == "subnet_id" else ipallocations.c.ip_address
-        cond = column.contains(want) if key == "ip_address_substr" else column == want
-        conds.append(ports.c.id.in_(select(ipallocations.c.port_id).where(cond)))
-    return and_(*conds)
+        by_key.setdefault(key, []).append(want)
+    conds: list[Any] = []
+    if "ip_address" in by_key:
+        conds.append(ipallocations.c.ip_address.in_(by_key["ip_address"]))
+    if "subnet_id" in by_key:
+        conds.append(ipallocations.c.subnet_id.in_(by_key["subnet_id"]))
+    if "ip_address_substr" in by_key:
+        if len(by_key["ip_address_substr"]) > MAX_SUBSTR_FILTERS:
+            raise v.invalid("fixed_ips", f"at most {MAX_SUBSTR_FILTERS} ip_address_substr values")
+        conds.append(or_(*(ipallocations.c.ip_address.contains(want, autoescape=True)
+                           for want in by_key["ip_address_substr"])))
+    return ports.c.id.in_(select(ipallocations.c.port_id).where(*conds))
 
 
 PORT = ResourceSpec(
@@ -140,7 +166,7 @@ PORT = ResourceSpec(
                                                                       "baremetal", "virtio-forwarder")),
         "binding:vif_type": Attr("binding:vif_type", "binding_vif_type", admin_read=True),
         "binding:vif_details": Attr("binding:vif_details", admin_read=True, sortable=False),
-        "binding:profile": Attr("binding:profile", post=True, put=True, default=dict, validate=v.any_dict,
+        "binding:profile": Attr("binding:profile", post=True, put=True, default=dict, validate=v.json_dict(),
                                 admin_write=True, admin_read=True, sortable=False),
     },
     special_filters={"fixed_ips": _fixed_ips_filter},

@@ -74,9 +74,17 @@ def uuid_str(value: Any) -> str:
         raise ValueError(f"'{value}' is not a valid UUID") from None
 
 
+def _no_zone(value: str, what: str) -> None:
+    """IPv6 zone ids (``fe80::1%eth0``) name an interface of one host: never part of a Neutron address,
+    and the text after ``%`` would travel verbatim into config files."""
+    if "%" in value or not value.isprintable():
+        raise ValueError(f"'{value}' is not a valid {what}")
+
+
 def ip_address(value: Any) -> str:
     if not isinstance(value, str):
         raise ValueError(f"'{value}' is not a valid IP address")
+    _no_zone(value, "IP address")
     try:
         ip = ipaddress.ip_address(value)
     except ValueError:
@@ -93,6 +101,7 @@ def ip_address_or_none(value: Any) -> str | None:
 def subnet_cidr(value: Any) -> str:
     if not isinstance(value, str) or "/" not in value:
         raise ValueError(f"'{value}' is not a valid IP subnet")
+    _no_zone(value, "IP subnet")
     try:
         iface = ipaddress.ip_interface(value)
     except ValueError:
@@ -148,25 +157,83 @@ def dict_of(spec: dict[str, tuple[bool, Validator]]) -> Validator:
     return check
 
 
-def any_dict(value: Any) -> dict[str, Any]:
-    if not isinstance(value, dict):
-        raise ValueError(f"'{value}' is not a dictionary")
-    return value
+def _depth(value: Any, limit: int) -> int:
+    """Nesting depth of a JSON value, giving up (returning more than ``limit``) past ``limit``."""
+    stack = [(value, 1)]
+    deepest = 0
+    while stack:
+        item, depth = stack.pop()
+        deepest = max(deepest, depth)
+        if deepest > limit:
+            break
+        if isinstance(item, dict):
+            stack.extend((v, depth + 1) for v in item.values())
+        elif isinstance(item, list):
+            stack.extend((v, depth + 1) for v in item)
+    return deepest
+
+
+def json_dict(max_depth: int = 16) -> Validator:
+    """A free-form JSON object (binding:profile, agent configurations), nested at most ``max_depth``."""
+    def check(value: Any) -> dict[str, Any]:
+        if not isinstance(value, dict):
+            raise ValueError(f"'{value}' is not a dictionary")
+        if _depth(value, max_depth) > max_depth:
+            raise ValueError(f"the dictionary is nested deeper than {max_depth} levels")
+        return value
+    return check
 
 
 host_route = dict_of({"destination": (True, subnet_cidr), "nexthop": (True, ip_address)})
 allocation_pool = dict_of({"start": (True, ip_address), "end": (True, ip_address)})
 fixed_ip = dict_of({"subnet_id": (False, uuid_str), "ip_address": (False, ip_address)})
 address_pair = dict_of({"ip_address": (True, lambda v: _ip_or_cidr(v)), "mac_address": (False, mac_address)})
+def single_line(max_len: int = 255) -> Validator:
+    """A non-empty string without control characters: values that end up in a daemon's config file,
+    where a newline would start a line of the tenant's choosing."""
+    base = string(max_len)
+
+    def check(value: Any) -> str:
+        text: str = base(value)
+        if not text.strip():
+            raise ValueError(f"'{value}' Blank strings are not permitted")
+        if not text.isprintable():
+            raise ValueError(f"{text!r} contains control characters")
+        return text
+    return check
+
+
+# dnsmasq option names: a name (bootfile-name), a number (67), optionally behind tag matches as Ironic uses
+# them (tag:ipxe,bootfile-name or tag:!ipxe,67).
+_OPT_NAME = re.compile(r"(tag:!?[A-Za-z0-9_.-]+,)*[A-Za-z0-9][A-Za-z0-9-]*")
+
+
+_single_line = single_line(255)
+
+
+def dhcp_opt_name(value: Any) -> str:
+    name: str = _single_line(value)
+    if not _OPT_NAME.fullmatch(name):
+        raise ValueError(f"'{name}' is not a valid DHCP option name")
+    return name
+
+
+def ip_version(value: Any) -> int:
+    if isinstance(value, bool) or value not in (4, 6, "4", "6"):
+        raise ValueError(f"'{value}' is not in [4, 6]")
+    return int(value)
+
+
 extra_dhcp_opt = dict_of({
-    "opt_name": (True, string(255)),
-    "opt_value": (True, lambda v: None if v is None else string(255)(v)),
-    "ip_version": (False, lambda v: int(one_of("4", "6")(str(v)))),
+    "opt_name": (True, dhcp_opt_name),
+    "opt_value": (True, lambda v: None if v is None else _single_line(v)),
+    "ip_version": (False, ip_version),
 })
 
 
 def _ip_or_cidr(value: Any) -> str:
     if isinstance(value, str) and "/" in value:
+        _no_zone(value, "IP address")
         try:
             return str(ipaddress.ip_network(value, strict=True))
         except ValueError:

@@ -101,6 +101,14 @@ def _range(s: SubnetSpec) -> str:
     return f"{base},ra-only,{s.cidr.prefixlen},{LEASE_SECONDS}s"
 
 
+def _inert(*texts: str) -> bool:
+    """Whether tenant text can go into an options-file line as it is. The API refuses control
+    characters; this is the second line of defence: a newline would start an option line of the
+    tenant's choosing, outside its port's tag (e.g. a default route for every instance on the network),
+    so such an option is left out whatever the database holds."""
+    return all(t.isprintable() for t in texts)
+
+
 def compile_dhcp(snap: Snapshot, host: str) -> tuple[DhcpServerSpec, ...]:
     out = []
     for net_id in sorted(snap.dhcp_networks):
@@ -128,6 +136,8 @@ def compile_dhcp(snap: Snapshot, host: str) -> tuple[DhcpServerSpec, ...]:
                     continue
                 hosts.append(DhcpHost(p.mac_address, str(f.ip_address), hostname(f.ip_address, p.dns_name), ptag))
             for opt in p.extra_dhcp_opts:
+                if not _inert(opt.opt_name, opt.opt_value):
+                    continue
                 prefix = "option6:" if opt.ip_version == 6 else ("" if opt.opt_name.isdigit() else "option:")
                 options.append(f"tag:{port_tag(p.id)},{prefix}{opt.opt_name},{opt.opt_value}")
         out.append(DhcpServerSpec(

@@ -134,8 +134,6 @@ def allocate(core: Core, conn: Connection, network_id: str, requested: Sequence[
         elif subnet.auto_address:
             add(subnet, eui64(subnet.cidr, mac))  # type: ignore[arg-type]
         else:
-            if any(sid == subnet.id for sid, _ in out):
-                continue
             ip_or_none = next_free(core, conn, subnet, chosen)
             if ip_or_none is None:
                 raise no_more(network_id)

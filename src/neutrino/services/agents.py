@@ -9,12 +9,12 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
 
-from sqlalchemy import Connection, delete, insert, select, true
+from sqlalchemy import Connection, delete, false, insert, select, true
 from sqlalchemy import update as sql_update
 
 from neutrino.context import RequestContext
 from neutrino.db.schema import agents
-from neutrino.errors import MethodNotAllowed, PolicyNotAuthorized, not_found
+from neutrino.errors import MethodNotAllowed
 from neutrino.services import standard
 from neutrino.services.core import Core
 
@@ -40,17 +40,12 @@ class AgentReport:
 
 
 def scope(ctx: RequestContext) -> Any:
-    if not ctx.is_admin:
-        raise PolicyNotAuthorized("rule:get_agent")
-    return true()
+    """Agents are the admin's to see (Neutron's get_agent): others list none and find none."""
+    return true() if ctx.is_admin else false()
 
 
 def fetch(conn: Connection, ctx: RequestContext, agent_id: str) -> Any:
-    scope(ctx)
-    row = conn.execute(select(agents).where(agents.c.id == agent_id)).first()
-    if row is None:
-        raise not_found("Agent", agent_id)
-    return row
+    return standard.fetch_visible(conn, agents, scope(ctx), "Agent", agent_id)
 
 
 def report(conn: Connection, rep: AgentReport) -> tuple[str, bool]:

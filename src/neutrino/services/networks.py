@@ -11,7 +11,7 @@ from sqlalchemy import Connection, delete, func, insert, select, true
 from neutrino.config import NetworkConfig
 from neutrino.context import RequestContext
 from neutrino.db.schema import ipallocations, networks, ports, subnets
-from neutrino.errors import Conflict, InUse, InvalidInput, not_found
+from neutrino.errors import Conflict, Forbidden, InUse, InvalidInput
 from neutrino.services import quotas, standard
 from neutrino.services.core import Core, guard_change, require_writer
 
@@ -21,7 +21,9 @@ DHCP_OWNER = "network:dhcp"
 def scope(ctx: RequestContext) -> Any:
     if ctx.is_admin:
         return true()
-    return (networks.c.project_id == ctx.project_id) | (networks.c.shared == true())
+    # Shared networks and external ones (router:external) are visible to every project.
+    return (networks.c.project_id == ctx.project_id) | (networks.c.shared == true()) | \
+        (networks.c.router_external == true())
 
 
 def fetch(conn: Connection, ctx: RequestContext, network_id: str) -> Any:
@@ -77,12 +79,43 @@ def _segment(conn: Connection, cfg: NetworkConfig, data: dict[str, Any]) -> tupl
             raise InvalidInput(f"physical_network '{physnet}' unknown for flat provider network")
         return "flat", physnet, 0
     if net_type == "vlan":
-        if not physnet or seg is None:
-            raise InvalidInput("physical_network and segmentation_id required for vlan provider network")
+        if seg is None:
+            return ("vlan", *_allocate_vlan(conn, cfg, physnet))
+        if not physnet:
+            raise InvalidInput("physical_network required for vlan provider network with a segmentation_id")
         if not 1 <= seg <= 4094:
             raise InvalidInput("segmentation_id out of range (1 through 4094)")
         return "vlan", physnet, seg
     return "local", "", 0
+
+
+def vlan_ranges(cfg: NetworkConfig) -> list[tuple[str, int, int]]:
+    """``network.vlan_ranges`` entries ``physnet:min:max`` (a bare ``physnet`` is a provider-only
+    physical network with no range to allocate from)."""
+    out = []
+    for spec in cfg.vlan_ranges:
+        physnet, _, rest = spec.partition(":")
+        if rest:
+            lo, _, hi = rest.partition(":")
+            out.append((physnet, int(lo), int(hi or lo)))
+    return out
+
+
+def _allocate_vlan(conn: Connection, cfg: NetworkConfig, physnet: str | None) -> tuple[str, int]:
+    """The lowest free VLAN id of the configured ranges (of ``physnet`` when given)."""
+    ranges = [r for r in vlan_ranges(cfg) if physnet is None or r[0] == physnet]
+    if not ranges and physnet is not None:
+        raise InvalidInput(f"physical_network '{physnet}' has no VLAN range to allocate a segmentation_id "
+                           "from (network.vlan_ranges)")
+    for net, lo, hi in ranges:
+        used = {r[0] for r in conn.execute(select(networks.c.segmentation_id).where(
+            networks.c.network_type == "vlan", networks.c.physical_network == net,
+            networks.c.segmentation_id.between(lo, hi)))}
+        for vid in range(max(lo, 1), min(hi, 4094) + 1):
+            if vid not in used:
+                return net, vid
+    raise Conflict("Unable to create the network. No tenant network is available for allocation.",
+                   type="NoNetworkAvailable")
 
 
 def _max_mtu(cfg: NetworkConfig, net_type: str) -> int:
@@ -133,6 +166,9 @@ def update(core: Core, conn: Connection, ctx: RequestContext, network_id: str, d
             values[column] = data[attr]
     if "mtu" in values and values["mtu"] > _max_mtu(core.cfg.network, row.network_type):
         raise InvalidInput(f"Requested MTU is too big, maximum is {_max_mtu(core.cfg.network, row.network_type)}")
+    if values.get("mtu", IPV6_MIN_MTU) < IPV6_MIN_MTU and conn.execute(select(subnets.c.id).where(
+            subnets.c.network_id == network_id, subnets.c.ip_version == 6).limit(1)).first():
+        raise mtu_too_small_for_ipv6(network_id, values["mtu"])
     if values.get("shared") is False and row.shared:
         others = conn.execute(select(ports.c.id).where(
             ports.c.network_id == network_id, ports.c.project_id != row.project_id,
@@ -197,8 +233,19 @@ def view(conn: Connection, rows: Sequence[Any], ctx: RequestContext) -> list[dic
     return out
 
 
-def check_can_use(row: Any, ctx: RequestContext) -> None:
-    """Creating a subnet or port on a network: own, shared, or admin; otherwise it does not exist."""
+def check_can_use(row: Any, ctx: RequestContext, resource: str) -> None:
+    """Creating a subnet or port on a network: own, shared, or admin. An external network of another
+    project is visible but not for plugging into (routers use it, through their gateway)."""
     if not (ctx.is_admin or row.project_id == ctx.project_id or row.shared):
-        raise not_found("Network", row.id)
+        raise Forbidden(f"Tenant {ctx.project_id} not allowed to create {resource} on this network",
+                        type="HTTPForbidden")
+
+
+IPV6_MIN_MTU = 1280
+
+
+def mtu_too_small_for_ipv6(network_id: str, mtu: int) -> Conflict:
+    """IPv6 needs links of at least 1280 bytes (RFC 8200): the kernel refuses IPv6 addresses below."""
+    return Conflict(f"Network {network_id} with MTU {mtu} cannot carry IPv6 subnets: IPv6 needs an MTU of at "
+                    f"least {IPV6_MIN_MTU}.", type="NetworkMTUSubnetConflict")
 

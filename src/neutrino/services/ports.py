@@ -60,6 +60,34 @@ def _check_pairs(port_security: bool, pairs: list[dict[str, Any]]) -> None:
                        type="AddressPairAndPortSecurityRequired")
 
 
+def _check_network_owner_attrs(ctx: RequestContext, net: Any, data: dict[str, Any], action: str) -> None:
+    """Neutron's default policy: on a network it does not own (a shared one), a project may not pick
+    addresses or a MAC, add address pairs, switch port security off or pose as a network device:
+    each of these would let it claim another tenant's traffic."""
+    if ctx.is_admin or net.project_id == ctx.project_id:
+        return
+    if any("ip_address" in f for f in data.get("fixed_ips") or []):
+        raise PolicyNotAuthorized(f"rule:{action}:fixed_ips:ip_address")
+    if data.get("mac_address") is not None:
+        raise PolicyNotAuthorized(f"rule:{action}:mac_address")
+    if data.get("allowed_address_pairs"):
+        raise PolicyNotAuthorized(f"rule:{action}:allowed_address_pairs")
+    if data.get("port_security_enabled") is False:
+        raise PolicyNotAuthorized(f"rule:{action}:port_security_enabled")
+    if str(data.get("device_owner", "")).startswith("network:"):
+        raise PolicyNotAuthorized(f"rule:{action}:device_owner")
+
+
+def _merge_dhcp_opts(current: list[dict[str, Any]], given: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Neutron's semantics: options are keyed by (opt_name, ip_version); a given option replaces the one
+    with its key, a null opt_value removes it, the others stay."""
+    merged = {(o["opt_name"], o.get("ip_version", 4)): o.get("opt_value") for o in current}
+    for o in given:
+        merged[(o["opt_name"], o.get("ip_version", 4))] = o.get("opt_value")
+    return [{"opt_name": name, "opt_value": value, "ip_version": version}
+            for (name, version), value in sorted(merged.items()) if value is not None]
+
+
 def store_ips(conn: Connection, port_id: str, network_id: str, ips: list[tuple[str, str]]) -> None:
     if ips:
         conn.execute(insert(ipallocations), [
@@ -70,10 +98,8 @@ def store_ips(conn: Connection, port_id: str, network_id: str, ips: list[tuple[s
 def create(core: Core, conn: Connection, ctx: RequestContext, data: dict[str, Any]) -> str:
     require_writer(ctx, "create_port")
     net = net_service.fetch(conn, ctx, data["network_id"])
-    net_service.check_can_use(net, ctx)
-    if not ctx.is_admin and net.project_id != ctx.project_id and \
-            any("ip_address" in f for f in data.get("fixed_ips") or []):
-        raise PolicyNotAuthorized("rule:create_port:fixed_ips:ip_address")
+    net_service.check_can_use(net, ctx, "port")
+    _check_network_owner_attrs(ctx, net, data, "create_port")
     quotas.check(conn, core.cfg.quotas, data["project_id"], "port")
     if not core.cfg.database_url.startswith("sqlite"):
         conn.execute(select(networks.c.id).where(networks.c.id == net.id).with_for_update())
@@ -89,7 +115,8 @@ def create(core: Core, conn: Connection, ctx: RequestContext, data: dict[str, An
         "admin_state_up": data["admin_state_up"], "status": "DOWN", "device_id": data["device_id"],
         "device_owner": data["device_owner"], "port_security_enabled": port_security,
         "security_groups": data.get("security_groups", []),
-        "allowed_address_pairs": data["allowed_address_pairs"], "extra_dhcp_opts": data["extra_dhcp_opts"],
+        "allowed_address_pairs": data["allowed_address_pairs"],
+        "extra_dhcp_opts": _merge_dhcp_opts([], data["extra_dhcp_opts"]),
         "binding_host_id": host, "binding_vnic_type": data["binding:vnic_type"],
         "binding_profile": data["binding:profile"], **binding(conn, core, host),
     })))
@@ -103,6 +130,10 @@ def update(core: Core, conn: Connection, ctx: RequestContext, port_id: str, data
     row = fetch(conn, ctx, port_id)
     guard_change(ctx, row.project_id, "update_port", row.revision_number, if_match,
                  owner_only=False)
+    net = conn.execute(select(networks.c.id, networks.c.project_id).where(networks.c.id == row.network_id)).one()
+    _check_network_owner_attrs(ctx, net, {k: v for k, v in data.items() if k != "mac_address"}, "update_port")
+    if "extra_dhcp_opts" in data:
+        data["extra_dhcp_opts"] = _merge_dhcp_opts(row.extra_dhcp_opts, data["extra_dhcp_opts"])
     if "mac_address" in data and data["mac_address"] != row.mac_address:
         if not ctx.is_admin:
             raise PolicyNotAuthorized("rule:update_port:mac_address")
@@ -146,9 +177,10 @@ def update(core: Core, conn: Connection, ctx: RequestContext, port_id: str, data
 
 
 def _keep_current(requested: list[dict[str, Any]], current: list[tuple[str, str]]) -> list[dict[str, Any]]:
-    """A request naming only a subnet the port already has an address on keeps that address."""
+    """A request naming only a subnet the port already has an address on keeps that address (one entry
+    per address: a further subnet-only entry asks for a new one)."""
     out = []
-    used = set()
+    used = {entry["ip_address"] for entry in requested if "ip_address" in entry}
     for entry in requested:
         if "ip_address" not in entry:
             for sid, ip in current:

@@ -14,7 +14,7 @@ from typing import Any
 from sqlalchemy import Connection, Table, delete, insert, select, update
 
 from neutrino.db.schema import changes, tags
-from neutrino.errors import PreconditionFailed, not_found
+from neutrino.errors import InvalidInput, PreconditionFailed, not_found
 
 
 def now() -> dt.datetime:
@@ -94,9 +94,15 @@ def load_tags(conn: Connection, ids: Iterable[str]) -> dict[str, list[str]]:
     return out
 
 
+MAX_TAGS = 50  # per resource, as Neutron
+
+
 def set_tags(conn: Connection, resource_type: str, resource_id: str, new: Iterable[str]) -> None:
+    wanted = sorted(set(new))
+    if len(wanted) > MAX_TAGS:
+        raise InvalidInput(f"Number of tags exceeds the limit of {MAX_TAGS} per {resource_type}")
     conn.execute(delete(tags).where(tags.c.resource_id == resource_id))
-    rows = [{"resource_id": resource_id, "resource_type": resource_type, "tag": t} for t in sorted(set(new))]
+    rows = [{"resource_id": resource_id, "resource_type": resource_type, "tag": t} for t in wanted]
     if rows:
         conn.execute(insert(tags), rows)
 

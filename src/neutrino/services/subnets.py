@@ -69,6 +69,16 @@ def _check_lists(cidr: Any, data: dict[str, Any]) -> None:
             raise InvalidInput(f"Host route {route} does not match the IP version of subnet {cidr}")
 
 
+def _check_dhcp_cidr(cidr: Any) -> None:
+    """Ranges a DHCP server cannot serve (as Neutron refuses them when enable_dhcp is true)."""
+    if cidr.is_multicast:
+        raise InvalidInput("Multicast IP subnet is not supported if enable_dhcp is True")
+    if cidr.is_loopback:
+        raise InvalidInput("Loopback IP subnet is not supported if enable_dhcp is True")
+    if cidr.version == 4 and int(cidr.network_address) == 0:
+        raise InvalidInput("First IP '0.0.0.0' of network is not supported if enable_dhcp is True")
+
+
 def _check_ipv6_modes(cidr: Any, data: dict[str, Any]) -> None:
     ra, addr = data.get("ipv6_ra_mode"), data.get("ipv6_address_mode")
     if cidr.version == 4:
@@ -94,6 +104,8 @@ def create(core: Core, conn: Connection, ctx: RequestContext, data: dict[str, An
     cidr = ipaddress.ip_network(data["cidr"])
     if cidr.version != data["ip_version"]:
         raise InvalidInput(f"Invalid CIDR {cidr} for IP version {data['ip_version']}")
+    if cidr.version == 6 and net.mtu < net_service.IPV6_MIN_MTU:
+        raise net_service.mtu_too_small_for_ipv6(net.id, net.mtu)
     if (cidr.version == 4 and cidr.prefixlen > 30) or (cidr.version == 6 and cidr.prefixlen > 126):
         raise InvalidInput(f"Invalid CIDR {cidr}: the prefix is too long to hold addresses for ports")
     quotas.check(conn, core.cfg.quotas, data["project_id"], "subnet")
@@ -105,6 +117,8 @@ def create(core: Core, conn: Connection, ctx: RequestContext, data: dict[str, An
     pools = _pools(cidr, data.get("allocation_pools"), gateway)
     _check_lists(cidr, data)
     _check_ipv6_modes(cidr, data)
+    if data["enable_dhcp"]:
+        _check_dhcp_cidr(cidr)
     for (other_cidr,) in conn.execute(select(subnets.c.cidr)
                                              .where(subnets.c.network_id == net.id)):
         if ipaddress.ip_network(other_cidr).overlaps(cidr):
@@ -164,6 +178,8 @@ def update(core: Core, conn: Connection, ctx: RequestContext, subnet_id: str, da
     values = standard.changed(row, values)
     if not values:
         return
+    if values.get("enable_dhcp"):
+        _check_dhcp_cidr(cidr)
     standard.bump(conn, subnets, subnet_id, values)
     standard.emit(conn, "subnet", subnet_id, "update", network_id=row.network_id)
     if "enable_dhcp" in values:

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import neutrino.identity.schema  # noqa: F401  (registers identity tables on the metadata)
 from alembic import context
 from sqlalchemy import create_engine
 
+import neutrino.identity.schema  # noqa: F401  (registers identity tables on the metadata)
 from neutrino.db.schema import metadata
 
 config = context.config
