@@ -153,3 +153,21 @@ def test_tenant_text_with_control_characters_never_reaches_the_options_file() ->
     assert all(line.startswith("tag:") for line in lines)
     assert [line for line in lines if "pp1000" in line] == ["tag:pp100000000000000,option:bootfile-name,pxe.0"]
     assert not any("0.0.0.0/1" in line for line in lines)
+
+
+def test_ipv6_is_left_out_below_1280() -> None:
+    """The kernel refuses IPv6 addresses on a link under 1280 bytes: never ask it to (no EINVAL loop)."""
+    snap = snapshot()
+    s6 = SubnetId("aaaaaaaa-0000-0000-0000-000000000006")
+    dhcp_port = PortId("d0000000-0000-0000-0000-000000000000")
+    port6 = dataclasses.replace(snap.ports[dhcp_port], fixed_ips=(
+        *snap.ports[dhcp_port].fixed_ips, FixedIp(s6, ip("2001:db8::2"))))
+    snap = dataclasses.replace(
+        snap, networks={**snap.networks, N1: dataclasses.replace(snap.networks[N1], mtu=1200)},
+        subnets={**snap.subnets, s6: SubnetSpec(s6, N1, ipaddress.ip_network("2001:db8::/64"), None, True)},
+        ports={**snap.ports, dhcp_port: port6})
+    state = compile_host(snap, "h1", "198.18.0.1", {"physnet1": "eth1"})
+    [link] = state.port_links
+    assert [str(a) for a in link.addresses] == ["10.0.0.2/24"]
+    assert any("below 1280" in p for p in state.problems)
+    assert not any("2001:db8" in r for r in render_dnsmasq(state.dhcp[0]).argv_tail)

@@ -117,7 +117,8 @@ def compile_dhcp(snap: Snapshot, host: str) -> tuple[DhcpServerSpec, ...]:
                           if p.network_id == net_id and p.device_owner == DHCP_OWNER and p.host == host), None)
         if net is None or dhcp_port is None:
             continue
-        subs = sorted((s for s in snap.subnets.values() if s.network_id == net_id and s.enable_dhcp),
+        subs = sorted((s for s in snap.subnets.values() if s.network_id == net_id and s.enable_dhcp
+                       and (s.cidr.version == 4 or net.mtu >= 1280)),  # no IPv6 below 1280 (RFC 8200)
                       key=lambda s: s.id)
         if not subs:
             continue

@@ -28,6 +28,9 @@ from neutrino.compile.state import (
 )
 
 
+IPV6_MIN_MTU = 1280
+
+
 def _port_interfaces(snap: Snapshot, port: PortSpec, dhcp_only: bool) -> tuple[Interface, ...]:
     out = []
     for f in port.fixed_ips:
@@ -81,9 +84,15 @@ def compile_host(snap: Snapshot, host: str, tunnel_ip: str,
             continue
         if p.device_owner == DHCP_OWNER:
             if p.network_id in served:
+                addresses = _port_interfaces(snap, p, dhcp_only=True)
+                if net.mtu < IPV6_MIN_MTU and any(a.version == 6 for a in addresses):
+                    # The kernel refuses IPv6 addresses on such a link (EINVAL, on every pass): leave
+                    # them out and say so (the API refuses this combination; older data may hold it).
+                    problems.append(f"network {net.id}: MTU {net.mtu} is below {IPV6_MIN_MTU}, its IPv6 "
+                                    "subnets are not served")
+                    addresses = tuple(a for a in addresses if a.version == 4)
                 links.append(PortLinkSpec(p.id, tap_name(p.id), f"ns-{short(p.id)}", f"qdhcp-{p.network_id}",
-                                          bridge_name(p.network_id), p.mac_address, net.mtu,
-                                          _port_interfaces(snap, p, dhcp_only=True)))
+                                          bridge_name(p.network_id), p.mac_address, net.mtu, addresses))
         elif p.device_owner.startswith("compute:"):
             plugs.append(PlugSpec(p.id, tap_name(p.id), bridge_name(p.network_id), net.mtu, p.admin_state_up))
     return HostState(namespaces=tuple(sorted(link.namespace for link in links)), bridges=tuple(bridges),
