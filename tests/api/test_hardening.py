@@ -411,3 +411,10 @@ def test_vlan_networks_get_a_segment_from_the_ranges(tmp_path: Path) -> None:
         assert vlan().json()["network"]["provider:segmentation_id"] == 100  # freed ids come back
     finally:
         srv.stop()
+
+
+def test_nul_characters_are_refused_not_stored(raw: Raw) -> None:
+    """PostgreSQL cannot store NUL in text: refused as bad input on every backend, never a 500."""
+    error(raw("POST", "/v2.0/networks", json={"network": {"name": "a\x00b"}}), 400, "HTTPBadRequest")
+    error(raw("GET", "/v2.0/networks", params={"name": "a\x00b"}), 400, "HTTPBadRequest")
+    assert raw("GET", "/v2.0/networks/a%00b").status_code in (400, 404)

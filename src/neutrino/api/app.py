@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 from sqlalchemy import Connection
-from sqlalchemy.exc import IntegrityError, OperationalError
+from sqlalchemy.exc import DataError, IntegrityError, OperationalError
 from starlette.applications import Starlette
 from starlette.background import BackgroundTask
 from starlette.concurrency import run_in_threadpool
@@ -258,6 +258,10 @@ def guarded(handler: Handler) -> Handler:
         except IntegrityError as exc:
             log.warning("conflict on %s %s: %s", request.method, request.url.path, exc.orig)
             response = error_response(Conflict("The request conflicts with the current state; retry."))
+        except DataError as exc:  # a value the database cannot hold that validation let through
+            log.warning("refused value on %s %s: %s", request.method, request.url.path, exc.orig)
+            response = error_response(BadRequest("A value in the request cannot be stored or compared.",
+                                                 type="HTTPBadRequest"))
         except OperationalError as exc:
             log.error("database unavailable on %s %s: %s", request.method, request.url.path, exc.orig)
             response = error_response(ServiceUnavailable("The database is unavailable; retry later."))

@@ -67,6 +67,8 @@ def parse_list_query(resource: ResourceSpec, params: Sequence[tuple[str, str]], 
                      is_admin: bool, default_limit: int = 0) -> ListQuery:
     multi: dict[str, list[str]] = {}
     for key, value in params:
+        if "\x00" in key or "\x00" in value:
+            raise v.AttributeError_("Query parameters cannot contain NUL characters")
         multi.setdefault(key, []).append(value)
     filters: dict[str, list[str]] = {}
     for key, values in multi.items():

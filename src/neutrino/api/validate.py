@@ -31,6 +31,8 @@ def string(max_len: int = 255) -> Validator:
     def check(value: Any) -> str:
         if not isinstance(value, str):
             raise ValueError(f"'{value}' is not a valid string")
+        if "\x00" in value:  # no database stores NUL in text (PostgreSQL refuses it)
+            raise ValueError(f"{value!r} contains a NUL character")
         if len(value) > max_len:
             raise ValueError(f"'{value}' exceeds maximum length of {max_len}")
         return value
@@ -242,6 +244,7 @@ def _ip_or_cidr(value: Any) -> str:
 
 
 def tag(value: Any) -> str:
-    if not isinstance(value, str) or not value or len(value) > 255 or "," in value or "/" in value:
+    if not isinstance(value, str) or not value or len(value) > 255 or "," in value or "/" in value or \
+            "\x00" in value:
         raise ValueError(f"'{value}' is not a valid tag")
     return value
