@@ -136,7 +136,8 @@ def test_shared_network_port_policy(raw: Raw, bob: Raw, shared: tuple[Any, Any])
 def test_list_queries_that_used_to_fail(raw: Raw) -> None:
     error(raw("GET", "/v2.0/networks", params={"page_reverse": "maybe"}), 400, "HTTPBadRequest")
     error(raw("GET", "/v2.0/networks", params={"limit": "-1"}), 400, "HTTPBadRequest")
-    assert raw("GET", "/v2.0/networks", params={"limit": str(2 ** 70)}).status_code == 200
+    for huge in (str(2 ** 70), "9" * 5000):
+        assert raw("GET", "/v2.0/networks", params={"limit": huge}).status_code == 200
     for key in ("mtu", "revision_number"):
         error(raw("GET", "/v2.0/networks", params={key: str(2 ** 70)}), 400, "HTTPBadRequest")
     everything = raw("GET", "/v2.0/networks", params={"changed_since": "0001-01-01T00:00:00+14:00"})

@@ -98,7 +98,7 @@ def parse_list_query(resource: ResourceSpec, params: Sequence[tuple[str, str]], 
         if not raw.strip().isdigit():
             raise v.AttributeError_(f"Limit must be an integer 0 or greater and not '{raw}'")
         # Beyond any table's size a limit means "all": clamp so the database never sees an overflow.
-        limit = min(int(raw), MAX_LIMIT) or None
+        limit = (min(int(raw), MAX_LIMIT) if len(raw.strip()) < 19 else MAX_LIMIT) or None
     elif default_limit:
         limit = default_limit
     page_reverse = False
