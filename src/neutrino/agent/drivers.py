@@ -82,25 +82,30 @@ class HostDriver:
         ops = l2.diff(desired, observed)
         changes = 0
         if ops:
+            log.debug("applying %s", ops)
             try:
                 changes += l2.apply(ops)
             except KernelError as exc:
                 errors.append(str(exc))
             observed = l2.observe(desired)
         wired: set[PortId] = {PortId(p) for p in l2.wired(desired, observed)}
-        changes += self._dhcp(desired, errors)
+        # A dnsmasq serving one interface binds its DHCP socket to that device: when the agent had to make
+        # the DHCP port's veth again (deleted behind its back), that dnsmasq must start again to serve it.
+        made = {op.obj for op in ops if op.action == "veth-add"}
+        remade = {pl.port_id for pl in desired.port_links if pl.device in made}
+        changes += self._dhcp(desired, remade, errors)
         if errors:
             raise KernelError("; ".join(errors))
         return DriverResult(changes=changes, wired=frozenset(wired), stats={
             "ports": len(desired.plugs) + len(desired.port_links), "dhcp_networks": len(desired.dhcp),
             "dhcp_ports": sum(len(d.hosts) for d in desired.dhcp)})
 
-    def _dhcp(self, desired: HostState, errors: list[str]) -> int:
+    def _dhcp(self, desired: HostState, remade: set[PortId], errors: list[str]) -> int:
         changes = 0
         wanted = {d.network_id for d in desired.dhcp}
         for spec in desired.dhcp:
             try:
-                if self.dnsmasq.ensure(spec):
+                if self.dnsmasq.ensure(spec, restart=spec.port_id in remade):
                     changes += 1
             except (KernelError, OSError) as exc:
                 errors.append(f"dnsmasq for {spec.network_id}: {exc}")

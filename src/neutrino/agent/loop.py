@@ -205,7 +205,7 @@ class Agent:
     async def _follow_feed(self, stop: asyncio.Event) -> None:
         """Long-poll the change feed; a revision newer than the last snapshot's wakes the loop."""
         while not stop.is_set():
-            after = max(self.feed_revision, self.snapshot.revision if self.snapshot is not None else -1)
+            after = max(self.feed_revision, self.snapshot.revision if self.snapshot is not None else 0, 0)
             try:
                 rev = await self.source.wait(after, self.settings.heartbeat_seconds)
             except Exception as exc:

@@ -97,8 +97,9 @@ class DnsmasqSupervisor:
                 f"--dhcp-leasefile={d / 'leases'}", f"--pid-file={d / 'pid'}",
                 f"--log-facility={d / 'dnsmasq.log'}", "--dhcp-lease-max=16777216", *tail]
 
-    def ensure(self, spec: DhcpServerSpec) -> str | None:
-        """Make one network's dnsmasq match ``spec``; returns what it did ('started', 'reloaded', ...)."""
+    def ensure(self, spec: DhcpServerSpec, restart: bool = False) -> str | None:
+        """Make one network's dnsmasq match ``spec``; returns what it did ('started', 'reloaded', ...).
+        ``restart``: a running one starts again (its interface was made again: see agent.drivers)."""
         if not self._traversable:
             self._make_traversable()
         d = self.directory(spec.network_id)
@@ -109,7 +110,9 @@ class DnsmasqSupervisor:
         argv_changed = _write(d / "argv", "\n".join(files.argv_tail) + "\n")
         (d / "leases").touch(exist_ok=True)
         pid = self.running_pid(spec.network_id)
-        if pid is not None and argv_changed:
+        if pid is not None and (argv_changed or restart):
+            if restart:
+                log.info("dnsmasq for network %s: its interface was made again; restarting it", spec.network_id)
             self._kill(pid)
             pid = None
             action = "restarted"

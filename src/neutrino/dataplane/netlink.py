@@ -243,13 +243,17 @@ def replace_default_route(sock: Any, gateway: str, link: int, obj: str, ns: str 
     _run("set default route", obj, ns, sock.route, "replace", dst=dst, gateway=gateway, oif=link)
 
 
+NUD_PERMANENT = 0x80
+
+
 def fdb_entries(sock: Any, links: set[int]) -> dict[int, set[tuple[str, str]]]:
-    """(mac, remote dst) forwarding entries of the given (VXLAN) devices, from one dump of the table."""
+    """(mac, remote dst) static forwarding entries of the given (VXLAN) devices, from one dump of the
+    table. Entries the device learned from traffic are the kernel's, not ours: they are left out."""
     out: dict[int, set[tuple[str, str]]] = {link: set() for link in links}
     if not links:
         return out
     for msg in sock.fdb("dump"):
-        if msg["ifindex"] in out:
+        if msg["ifindex"] in out and msg["state"] & NUD_PERMANENT:
             dst = msg.get_attr("NDA_DST")
             if dst:
                 out[msg["ifindex"]].add((msg.get_attr("NDA_LLADDR").lower(), dst))
