@@ -140,11 +140,13 @@ def test_list_queries_that_used_to_fail(raw: Raw) -> None:
         assert raw("GET", "/v2.0/networks", params={"limit": huge}).status_code == 200
     for key in ("mtu", "revision_number"):
         error(raw("GET", "/v2.0/networks", params={key: str(2 ** 70)}), 400, "HTTPBadRequest")
+    net = raw("POST", "/v2.0/networks", json={"network": {"name": uniq("since")}}).json()["network"]
     everything = raw("GET", "/v2.0/networks", params={"changed_since": "0001-01-01T00:00:00+14:00"})
-    assert everything.status_code == 200 and everything.json()["networks"]
+    assert everything.status_code == 200 and net["id"] in {n["id"] for n in everything.json()["networks"]}
     nothing = raw("GET", "/v2.0/networks", params={"changed_since": "9999-12-31T23:59:59-14:00"})
     assert nothing.status_code == 200 and nothing.json()["networks"] == []
     error(raw("GET", "/v2.0/subnets", params={"shared": "maybe"}), 400, "HTTPBadRequest")
+    raw("DELETE", f"/v2.0/networks/{net['id']}")
 
 
 def test_subnets_filter_on_their_networks_sharing(raw: Raw, shared: tuple[Any, Any]) -> None:
@@ -419,3 +421,16 @@ def test_nul_characters_are_refused_not_stored(raw: Raw) -> None:
     error(raw("POST", "/v2.0/networks", json={"network": {"name": "a\x00b"}}), 400, "HTTPBadRequest")
     error(raw("GET", "/v2.0/networks", params={"name": "a\x00b"}), 400, "HTTPBadRequest")
     assert raw("GET", "/v2.0/networks/a%00b").status_code in (400, 404)
+
+
+def test_timestamp_filters_take_times(raw: Raw) -> None:
+    """created_at & co. compare as times on every backend (PostgreSQL refused text against a timestamp)."""
+    net = raw("POST", "/v2.0/networks", json={"network": {"name": uniq("ts")}}).json()["network"]
+    try:
+        found = raw("GET", "/v2.0/networks", params={"created_at": net["created_at"]}).json()["networks"]
+        assert net["id"] in {n["id"] for n in found}
+        for bad in ("", "1", "yesterday", "2026-13-01T00:00:00"):
+            error(raw("GET", "/v2.0/networks", params={"updated_at": bad}), 400, "HTTPBadRequest")
+            error(raw("GET", "/v2.0/agents", params={"heartbeat_timestamp": bad}), 400, "HTTPBadRequest")
+    finally:
+        raw("DELETE", f"/v2.0/networks/{net['id']}")

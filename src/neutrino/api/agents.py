@@ -43,9 +43,9 @@ AGENT = ResourceSpec(
         "alive": Attr("alive", sortable=False),
         "availability_zone": Attr("availability_zone", "availability_zone"),
         "configurations": Attr("configurations", sortable=False),
-        "created_at": Attr("created_at", "created_at"),
-        "started_at": Attr("started_at", "started_at"),
-        "heartbeat_timestamp": Attr("heartbeat_timestamp", "heartbeat_timestamp"),
+        "created_at": Attr("created_at", "created_at", filter=v.timestamp),
+        "started_at": Attr("started_at", "started_at", filter=v.timestamp),
+        "heartbeat_timestamp": Attr("heartbeat_timestamp", "heartbeat_timestamp", filter=v.timestamp),
         "resources_synced": Attr("resources_synced", sortable=False),
     },
 )

@@ -75,8 +75,8 @@ def standard_attrs(*, name_post: bool = True) -> dict[str, Attr]:
         "project_id": Attr("project_id", "project_id", post=True, validate=s255),
         "tenant_id": Attr("tenant_id", "project_id", post=True, validate=s255),
         "revision_number": Attr("revision_number", "revision_number", filter=_int_filter),
-        "created_at": Attr("created_at", "created_at"),
-        "updated_at": Attr("updated_at", "updated_at"),
+        "created_at": Attr("created_at", "created_at", filter=v.timestamp),
+        "updated_at": Attr("updated_at", "updated_at", filter=v.timestamp),
         "tags": Attr("tags", sortable=False),
     }
 

@@ -47,16 +47,9 @@ def _changed_since(resource: ResourceSpec, values: list[str] | None) -> dt.datet
     if "updated_at" not in resource.table.c:
         raise v.AttributeError_("[changed_since] is invalid attribute for filtering")
     try:
-        ts = dt.datetime.fromisoformat(values[-1])
-    except ValueError:
-        raise v.AttributeError_(f"The query parameter changed_since must be an ISO 8601 time such as "
-                                f"2026-01-31T12:00:00Z, not '{values[-1]}'") from None
-    if ts.tzinfo is not None:
-        try:
-            ts = ts.astimezone(dt.UTC).replace(tzinfo=None)
-        except OverflowError:  # a valid time whose UTC falls outside years 1..9999: before or after all
-            ts = dt.datetime.min if ts.year == 1 else dt.datetime.max
-    return ts
+        return v.timestamp(values[-1])
+    except ValueError as exc:
+        raise v.AttributeError_(f"The query parameter changed_since is invalid: {exc}") from None
 
 
 def _tags(values: list[str]) -> tuple[str, ...]:

@@ -7,6 +7,7 @@ what is stored and echoed back must be canonical (``10.0.0.0/24``, lower-case MA
 
 from __future__ import annotations
 
+import datetime as dt
 import ipaddress
 import re
 import uuid
@@ -65,6 +66,23 @@ def integer(lo: int | None = None, hi: int | None = None) -> Validator:
             raise ValueError(f"'{n}' is too large - must be no larger than '{hi}'")
         return n
     return check
+
+
+def timestamp(value: Any) -> dt.datetime:
+    """An ISO 8601 time as the naive UTC the timestamp columns hold (no zone: UTC). A valid time whose
+    UTC lies outside years 1..9999 becomes the earliest or latest time there is."""
+    try:
+        ts = dt.datetime.fromisoformat(value) if isinstance(value, str) else None
+    except ValueError:
+        ts = None
+    if ts is None:
+        raise ValueError(f"'{value}' is not an ISO 8601 time such as 2026-01-31T12:00:00Z")
+    if ts.tzinfo is not None:
+        try:
+            ts = ts.astimezone(dt.UTC).replace(tzinfo=None)
+        except OverflowError:
+            ts = dt.datetime.min if ts.year == 1 else dt.datetime.max
+    return ts
 
 
 def uuid_str(value: Any) -> str:
