@@ -14,20 +14,19 @@ from sqlalchemy.exc import IntegrityError
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import Response
-from starlette.routing import BaseRoute, Route
+from starlette.routing import BaseRoute
 
 from neutrino.identity import store
 from neutrino.identity.passwords import hash_password
 from neutrino.identity.store import Project, ProjectId, Role, User, UserId
 from neutrino.identity.wire import (
-    ALL_METHODS,
     KeystoneError,
     bad_request,
-    dispatch,
     forbidden,
     json_body,
     json_response,
     not_found,
+    route,
 )
 
 if TYPE_CHECKING:
@@ -372,22 +371,19 @@ class Admin:
 def admin_routes(identity: BuiltinIdentity) -> list[BaseRoute]:
     a = Admin(identity)
     g = a.guarded
-
-    def route(path: str, **handlers: Callable[[Request], Awaitable[Response]]) -> Route:
-        return Route(path, dispatch(handlers), methods=ALL_METHODS)
-
     return [
-        route("/v3/users", GET=g(a.list_users), POST=g(a.create_user)),
-        route("/v3/users/{id}", GET=g(a.show_user), PATCH=g(a.update_user), DELETE=g(a.delete_user)),
-        route("/v3/users/{id}/projects", GET=a.user_projects),
-        route("/v3/projects", GET=g(a.list_projects), POST=g(a.create_project)),
-        route("/v3/projects/{id}", GET=g(a.show_project), PATCH=g(a.update_project), DELETE=g(a.delete_project)),
-        route("/v3/projects/{project}/users/{user}/roles", GET=g(a.grants_of)),
-        route("/v3/projects/{project}/users/{user}/roles/{role}", PUT=g(a.grant), HEAD=g(a.grant),
-              DELETE=g(a.grant)),
-        route("/v3/roles", GET=g(a.list_roles), POST=g(a.create_role)),
-        route("/v3/roles/{id}", GET=g(a.show_role), DELETE=g(a.delete_role)),
-        route("/v3/role_assignments", GET=g(a.role_assignments)),
-        route("/v3/domains", GET=g(a.list_domains)),
-        route("/v3/domains/{id}", GET=g(a.show_domain)),
+        route("/v3/users", {"GET": g(a.list_users), "POST": g(a.create_user)}),
+        route("/v3/users/{id}", {"GET": g(a.show_user), "PATCH": g(a.update_user), "DELETE": g(a.delete_user)}),
+        route("/v3/users/{id}/projects", {"GET": a.user_projects}),
+        route("/v3/projects", {"GET": g(a.list_projects), "POST": g(a.create_project)}),
+        route("/v3/projects/{id}", {"GET": g(a.show_project), "PATCH": g(a.update_project),
+                                    "DELETE": g(a.delete_project)}),
+        route("/v3/projects/{project}/users/{user}/roles", {"GET": g(a.grants_of)}),
+        route("/v3/projects/{project}/users/{user}/roles/{role}", {"PUT": g(a.grant), "HEAD": g(a.grant),
+                                                                    "DELETE": g(a.grant)}),
+        route("/v3/roles", {"GET": g(a.list_roles), "POST": g(a.create_role)}),
+        route("/v3/roles/{id}", {"GET": g(a.show_role), "DELETE": g(a.delete_role)}),
+        route("/v3/role_assignments", {"GET": g(a.role_assignments)}),
+        route("/v3/domains", {"GET": g(a.list_domains)}),
+        route("/v3/domains/{id}", {"GET": g(a.show_domain)}),
     ]

@@ -18,7 +18,7 @@ from sqlalchemy import Connection
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import Response
-from starlette.routing import BaseRoute, Mount, Route
+from starlette.routing import BaseRoute, Mount
 
 from neutrino.config import Config
 from neutrino.context import RequestContext
@@ -29,14 +29,14 @@ from neutrino.identity.cache import TokenCache, token_key
 from neutrino.identity.passwords import hash_password, verify_password
 from neutrino.identity.tokens import Resolved, TokenIssuer
 from neutrino.identity.wire import (
-    ALL_METHODS,
     KeystoneError,
-    dispatch,
+    any_char,
     error_response,
     forbidden,
     header,
     json_body,
     json_response,
+    route,
     unauthorized,
 )
 
@@ -52,7 +52,9 @@ class BuiltinIdentity:
         self.tokens = TokenIssuer(cfg, db)
         self.cache: TokenCache[RequestContext] = TokenCache(CACHE_SIZE)
         self.recheck_seconds = float(cfg.identity.cache_seconds)
-        self.routes: BaseRoute | None = Mount("/identity", routes=self._routes())
+        mount = Mount("/identity", routes=self._routes())
+        mount.path_regex = any_char(mount.path_regex)
+        self.routes: BaseRoute | None = mount
 
     # -- the Identity protocol ---------------------------------------------------------------------------
     def bootstrap(self) -> None:
@@ -142,15 +144,15 @@ class BuiltinIdentity:
         from neutrino.identity.admin import admin_routes
 
         return [
-            Route("/", dispatch({"GET": self._versions}), methods=["GET", "HEAD"]),
-            Route("/v3", dispatch({"GET": self._version}), methods=["GET", "HEAD"]),
-            Route("/v3/", dispatch({"GET": self._version}), methods=["GET", "HEAD"]),
-            Route("/v3/auth/tokens", dispatch({"POST": self._issue, "GET": self._check, "HEAD": self._check,
-                                               "DELETE": self._revoke}), methods=ALL_METHODS),
-            Route("/v3/auth/projects", dispatch({"GET": self._auth_projects}), methods=ALL_METHODS),
-            Route("/v3/auth/catalog", dispatch({"GET": self._auth_catalog}), methods=ALL_METHODS),
+            route("/", {"GET": self._versions}),
+            route("/v3", {"GET": self._version}),
+            route("/v3/", {"GET": self._version}),
+            route("/v3/auth/tokens", {"POST": self._issue, "GET": self._check, "HEAD": self._check,
+                                      "DELETE": self._revoke}),
+            route("/v3/auth/projects", {"GET": self._auth_projects}),
+            route("/v3/auth/catalog", {"GET": self._auth_catalog}),
             *admin_routes(self),
-            Route("/{path:path}", self._unknown, methods=ALL_METHODS),
+            route("/{path:path}", fallback=self._unknown),
         ]
 
     def v3_url(self, request: Request) -> str:
