@@ -911,7 +911,7 @@ def causes_from_log(log_text: str) -> dict[str, tuple[str, str]]:
                      if re.match(r"^[A-Za-z_][\w.]*(Error|Exception|Exit|Warning)\b", ln)]
         exc, _, message = (exc_lines[-1] if exc_lines else "?").partition(":")
         where = f"{Path(frames[-1][0]).name}:{frames[-1][1]} in {frames[-1][2]}" if frames else "?"
-        out[m.group(1)] = (f"{exc} at {where}", message.strip()[:160])
+        out[m.group(1)] = (f"{exc} at {where}", message.strip().replace("\n", "\\n")[:160])
     return out
 
 

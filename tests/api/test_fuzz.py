@@ -20,7 +20,7 @@ from tests.api.conftest import Server, start_server
 from tests.api.fuzzing import Fuzzer, Session
 
 SEED = 20260101
-REQUESTS = 5000
+REQUESTS = 8000
 CLIENT_TIMEOUT = 5.0
 
 
