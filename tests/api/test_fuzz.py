@@ -1,6 +1,6 @@
 """A bounded, deterministic run of the API fuzzer (tests/api/fuzzing.py; bench/fuzz.py runs it at length).
 
-Its own SQLite server (the fuzzer registers agents, creates hundreds of resources and writes quotas, which
+Its own server per backend (the fuzzer registers agents, creates hundreds of resources and writes quotas, which
 must not leak into other tests' server), a fixed seed and a few thousand requests: no 5xx, no request
 left unanswered, every error a NeutronError; afterwards the server still answers quickly and stops on
 SIGTERM within a few seconds.
@@ -24,10 +24,15 @@ REQUESTS = 8000
 CLIENT_TIMEOUT = 5.0
 
 
-@pytest.fixture(scope="module")
-def fuzz_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    tmp = tmp_path_factory.mktemp("fuzz-server")
-    srv = start_server(tmp, f"sqlite:///{tmp / 'neutrino.db'}", "sqlite")
+@pytest.fixture(scope="module", params=["sqlite", "postgresql"])
+def fuzz_server(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    """A server of its own per backend (PostgreSQL refuses values SQLite takes: both are fuzzed)."""
+    tmp = tmp_path_factory.mktemp(f"fuzz-server-{request.param}")
+    if request.param == "postgresql":
+        url = request.getfixturevalue("postgres").new_database()
+    else:
+        url = f"sqlite:///{tmp / 'neutrino.db'}"
+    srv = start_server(tmp, url, request.param)
     try:
         yield srv
     finally:
