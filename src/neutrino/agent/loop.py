@@ -185,9 +185,8 @@ class Agent:
                 self._save_revision(snap.revision)
             self.in_sync.set()
         log.log(logging.INFO if changes or errors or self.passes == 1 else logging.DEBUG,
-                "pass %d (%s) at revision %d: %d changes in %.1f ms%s", self.passes, reason, snap.revision,
-                changes, (time.perf_counter() - started) * 1000,
-                f" (errors: {self.last_error})" if errors else "")
+                "pass %d at revision %d: %d changes in %.0f ms (%s)%s", self.passes, snap.revision, changes,
+                (time.perf_counter() - started) * 1000, reason, f" (errors: {self.last_error})" if errors else "")
         if errors:
             raise RuntimeError(self.last_error)
         return snap

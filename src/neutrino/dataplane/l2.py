@@ -46,24 +46,24 @@ class Observed:
     inside: dict[str, NsView]
 
 
-def _view(sock: Any) -> NsView:
-    view = NsView(links={link.name: link for link in nl.links(sock)})
-    for a in nl.addresses(sock):
+def _view(reader: nl.Reader) -> NsView:
+    view = NsView(links={link.name: link for link in reader.links()})
+    for a in reader.addresses():
         view.addrs.setdefault(a.link, set()).add(a.interface)
     return view
 
 
 def observe(desired: HostState) -> Observed:
     namespaces = set(nl.list_namespaces())
-    with nl.socket() as sock:
-        root = _view(sock)
+    with nl.reader() as reader:
+        root = _view(reader)
         vxlans = {link.index: name for name, link in root.links.items()
                   if link.kind == "vxlan" and name.startswith("vxlan-")}
-        fdb = {vxlans[idx]: entries for idx, entries in nl.fdb_entries(sock, set(vxlans)).items()}
+        fdb = {vxlans[idx]: entries for idx, entries in reader.fdb(set(vxlans)).items()}
     inside = {}
     for ns in sorted({pl.namespace for pl in desired.port_links} & namespaces):
-        with nl.socket(ns) as sock:
-            inside[ns] = _view(sock)
+        with nl.reader(ns) as reader:
+            inside[ns] = _view(reader)
     return Observed(root, fdb, namespaces, inside)
 
 

@@ -13,10 +13,11 @@ import errno
 import ipaddress
 import os
 import socket as stdsocket
+import struct
 import subprocess
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 from pyroute2 import IPRoute
 from pyroute2 import netns as pr_netns
@@ -27,6 +28,7 @@ from pyroute2.netlink.rtnl.marshal import MarshalRtnl
 from neutrino.errors import KernelError
 
 NETNS_DIR = "/run/netns"
+T = TypeVar("T")
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,8 +86,8 @@ def _setns(fd: int) -> None:
         raise OSError(err, os.strerror(err))
 
 
-def _socket_in(namespace: str) -> Any:
-    """Open the netlink socket from inside ``namespace``: this thread steps in and back out (setns is
+def _socket_in(namespace: str, make: Callable[[], T] = IPRoute) -> T:
+    """Open a netlink socket from inside ``namespace``: this thread steps in and back out (setns is
     per thread). A socket keeps the namespace it was born in. No fork: forking a threaded agent can
     deadlock the child."""
     path = namespace if namespace.startswith("/") else f"{NETNS_DIR}/{namespace}"
@@ -94,7 +96,7 @@ def _socket_in(namespace: str) -> Any:
     try:
         _setns(target)
         try:
-            return IPRoute()
+            return make()
         finally:
             _setns(home)
     finally:
@@ -111,6 +113,150 @@ def socket(namespace: str | None = None) -> Iterator[Any]:
         raise KernelError(f"cannot open namespace: {exc}", namespace=namespace or "") from exc
     try:
         yield sock
+    finally:
+        sock.close()
+
+
+# -- observation: read-only dumps through a plain socket ------------------------------------------------
+# Every pass observes (and a pass runs every resync interval), so links, addresses and VXLAN FDB entries
+# are read with a plain netlink socket and a parser for the few attributes neutrino looks at: pyroute2
+# decodes every attribute of every message (statistics, per-protocol settings), ~0.3-0.5 ms per link.
+_NLMSG = struct.Struct("=IHHII")
+_IFINFO = struct.Struct("=BxHiII")
+_IFADDR = struct.Struct("=BBBBi")
+_NDMSG = struct.Struct("=BxxxiHBB")
+_RTA = struct.Struct("=HH")
+_U32 = struct.Struct("=I")
+NLM_F_REQUEST, NLM_F_DUMP = 0x1, 0x300
+NLMSG_ERROR, NLMSG_DONE = 2, 3
+RTM_GETLINK, RTM_GETADDR, RTM_GETNEIGH = 18, 22, 30
+IFLA_ADDRESS, IFLA_IFNAME, IFLA_MTU, IFLA_MASTER, IFLA_LINKINFO, IFLA_EXT_MASK = 1, 3, 4, 10, 18, 29
+IFLA_INFO_KIND, IFLA_INFO_DATA = 1, 2
+IFLA_VXLAN_ID, IFLA_VXLAN_LINK, IFLA_VXLAN_LOCAL, IFLA_VXLAN_LOCAL6 = 1, 3, 4, 17
+RTEXT_FILTER_SKIP_STATS = 1 << 3
+IFA_ADDRESS = 1
+NDA_DST, NDA_LLADDR = 1, 2
+AF_BRIDGE = 7
+NUD_PERMANENT = 0x80
+RT_SCOPE_LINK = 253
+
+
+def _attrs(data: bytes, off: int, end: int | None = None) -> dict[int, bytes]:
+    out: dict[int, bytes] = {}
+    end = len(data) if end is None else end
+    while off + 4 <= end:
+        length, kind = _RTA.unpack_from(data, off)
+        if length < 4:
+            break
+        out[kind & 0x3FFF] = data[off + 4:off + length]  # without NLA_F_NESTED / NLA_F_NET_BYTEORDER
+        off += (length + 3) & ~3
+    return out
+
+
+def _text(raw: bytes) -> str:
+    return raw.split(b"\0", 1)[0].decode()
+
+
+def _u32(raw: bytes | None) -> int | None:
+    return None if raw is None else int(_U32.unpack_from(raw)[0])
+
+
+def _mac(raw: bytes | None) -> str:
+    return ":".join(f"{b:02x}" for b in raw) if raw else ""
+
+
+class Reader:
+    """Links, addresses and VXLAN FDB entries of one namespace, read through a plain netlink socket."""
+
+    def __init__(self, sock: stdsocket.socket) -> None:
+        self._sock = sock
+        self._seq = 0
+
+    def _dump(self, kind: int, body: bytes) -> Iterator[tuple[int, bytes]]:
+        self._seq += 1
+        seq = self._seq
+        self._sock.send(_NLMSG.pack(_NLMSG.size + len(body), kind, NLM_F_REQUEST | NLM_F_DUMP, seq, 0) + body)
+        while True:
+            data = self._sock.recv(1 << 16)  # the kernel fills at most 32 KiB per datagram of a dump
+            off = 0
+            while off + _NLMSG.size <= len(data):
+                length, mtype, _flags, mseq, _pid = _NLMSG.unpack_from(data, off)
+                if length < _NLMSG.size:
+                    raise KernelError("malformed netlink message")
+                if mseq == seq:
+                    if mtype == NLMSG_DONE:
+                        return
+                    if mtype == NLMSG_ERROR:
+                        code = -struct.unpack_from("=i", data, off + _NLMSG.size)[0]
+                        if code:
+                            raise KernelError(f"netlink dump failed: {os.strerror(code)}", errno=code)
+                        return
+                    yield mtype, data[off + _NLMSG.size:off + length]
+                off += (length + 3) & ~3
+
+    def links(self) -> list[LinkState]:
+        req = _IFINFO.pack(0, 0, 0, 0, 0) + _RTA.pack(8, IFLA_EXT_MASK) + _U32.pack(RTEXT_FILTER_SKIP_STATS)
+        out = []
+        for _, body in self._dump(RTM_GETLINK, req):
+            _family, _type, index, flags, _change = _IFINFO.unpack_from(body)
+            a = _attrs(body, _IFINFO.size)
+            info = _attrs(a[IFLA_LINKINFO], 0) if IFLA_LINKINFO in a else {}
+            kind = _text(info.get(IFLA_INFO_KIND, b""))
+            vni = local = lower = None
+            if kind == "vxlan" and IFLA_INFO_DATA in info:
+                data = _attrs(info[IFLA_INFO_DATA], 0)
+                vni, lower = _u32(data.get(IFLA_VXLAN_ID)), _u32(data.get(IFLA_VXLAN_LINK))
+                raw = data.get(IFLA_VXLAN_LOCAL) or data.get(IFLA_VXLAN_LOCAL6)
+                local = str(ipaddress.ip_address(raw)) if raw else None
+            out.append(LinkState(
+                name=_text(a[IFLA_IFNAME]), index=index, kind=kind, mac=_mac(a.get(IFLA_ADDRESS)),
+                mtu=_u32(a.get(IFLA_MTU)) or 0, up=bool(flags & 1), master=_u32(a.get(IFLA_MASTER)), vni=vni,
+                local=local, lower=lower))
+        return out
+
+    def addresses(self) -> list[AddrState]:
+        out = []
+        for _, body in self._dump(RTM_GETADDR, _IFADDR.pack(0, 0, 0, 0, 0)):
+            _family, prefixlen, _flags, scope, index = _IFADDR.unpack_from(body)
+            raw = _attrs(body, _IFADDR.size).get(IFA_ADDRESS)
+            if raw is None or scope == RT_SCOPE_LINK:  # link-local v6 addresses are the kernel's own
+                continue
+            iface = ipaddress.ip_interface((ipaddress.ip_address(raw), prefixlen))
+            if iface.version == 6 and iface.ip.is_link_local:
+                continue
+            out.append(AddrState(link=index, interface=iface))
+        return out
+
+    def fdb(self, links: set[int]) -> dict[int, set[tuple[str, str]]]:
+        """(mac, remote dst) static forwarding entries of the given (VXLAN) devices, one dump each (the
+        request's index selects the device, as ``bridge fdb show dev`` does). Entries the device learned
+        from traffic are the kernel's, not ours: they are left out."""
+        out: dict[int, set[tuple[str, str]]] = {}
+        for link in sorted(links):
+            found = out[link] = set()
+            for _, body in self._dump(RTM_GETNEIGH, _IFINFO.pack(AF_BRIDGE, 0, link, 0, 0)):
+                _family, ifindex, state, _flags, _type = _NDMSG.unpack_from(body)
+                if ifindex != link or not state & NUD_PERMANENT:
+                    continue
+                a = _attrs(body, _NDMSG.size)
+                if NDA_DST in a and NDA_LLADDR in a:
+                    found.add((_mac(a[NDA_LLADDR]), str(ipaddress.ip_address(a[NDA_DST]))))
+        return out
+
+
+def _raw_socket() -> stdsocket.socket:
+    return stdsocket.socket(stdsocket.AF_NETLINK, stdsocket.SOCK_RAW | stdsocket.SOCK_CLOEXEC, stdsocket.NETLINK_ROUTE)
+
+
+@contextlib.contextmanager
+def reader(namespace: str | None = None) -> Iterator[Reader]:
+    """A ``Reader`` of ``namespace`` (None: the agent's own)."""
+    try:
+        sock = _raw_socket() if namespace is None else _socket_in(namespace, _raw_socket)
+    except OSError as exc:
+        raise KernelError(f"cannot open namespace: {exc}", namespace=namespace or "") from exc
+    try:
+        yield Reader(sock)
     finally:
         sock.close()
 
@@ -241,23 +387,6 @@ def replace_default_route(sock: Any, gateway: str, link: int, obj: str, ns: str 
              scope=253)
     dst = "0.0.0.0/0" if gw.version == 4 else "::/0"
     _run("set default route", obj, ns, sock.route, "replace", dst=dst, gateway=gateway, oif=link)
-
-
-NUD_PERMANENT = 0x80
-
-
-def fdb_entries(sock: Any, links: set[int]) -> dict[int, set[tuple[str, str]]]:
-    """(mac, remote dst) static forwarding entries of the given (VXLAN) devices, from one dump of the
-    table. Entries the device learned from traffic are the kernel's, not ours: they are left out."""
-    out: dict[int, set[tuple[str, str]]] = {link: set() for link in links}
-    if not links:
-        return out
-    for msg in sock.fdb("dump"):
-        if msg["ifindex"] in out and msg["state"] & NUD_PERMANENT:
-            dst = msg.get_attr("NDA_DST")
-            if dst:
-                out[msg["ifindex"]].add((msg.get_attr("NDA_LLADDR").lower(), dst))
-    return out
 
 
 def fdb(sock: Any, op: str, link: int, mac: str, dst: str, obj: str, ns: str | None = None) -> None:
