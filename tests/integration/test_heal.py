@@ -158,3 +158,33 @@ def test_deleted_instance_tap_is_down_then_plugged_again_when_it_returns(lab: La
         repaired("the port reported ACTIVE", lambda: lab.port(b)["status"] == "ACTIVE", back)
         repaired("the instance's DHCP address", lambda: dhcp_renews(h1, b, ip_b), back)
         repaired("the instances pinging each other", lambda: pings(h1, a, ip_b), back)
+
+
+def test_deleted_dhcp_namespace_and_lost_address_are_repaired_by_the_periodic_pass(lab: Lab) -> None:
+    """Changes inside a qdhcp namespace (or of the namespace itself) send no event the agent listens to:
+    the periodic pass (agent.resync_seconds, 2 s) repairs them."""
+    h1 = lab.agents["h1"]
+    net, _ = lab.network(uniq("heal"), "10.75.0.0/24")
+    a = uniq("j")
+    with instances(h1, net["id"], a):
+        ip = lab.port(a)["fixed_ips"][0]["ip_address"]
+        server = dhcp_agent(lab, net["id"])
+        dhcp_port = lab.call("GET", "/v2.0/ports", params={"network_id": net["id"], "device_owner": "network:dhcp"})[
+            "ports"][0]
+        ns, dev = f"qdhcp-{net['id']}", f"ns-{dhcp_port['id'][:11]}"
+        dhcp_ip = dhcp_port["fixed_ips"][0]["ip_address"]
+
+        def has_address() -> bool:
+            return f"{dhcp_ip}/24" in server.ns(ns, "ip", "-4", "-o", "addr", "show", "dev", dev).stdout
+
+        assert server.ns(ns, "ip", "addr", "flush", "dev", dev).returncode == 0
+        fault = time.monotonic()
+        repaired("the DHCP port's address", has_address, fault)
+        repaired("the instance's DHCP renewal", lambda: dhcp_renews(h1, a, ip), fault)
+
+        old = lab.dnsmasq_pid(server, net["id"])
+        assert server.host.run(["ip", "netns", "del", ns]).returncode == 0  # dnsmasq keeps the old one alive
+        fault = time.monotonic()
+        repaired("the qdhcp namespace and a new dnsmasq in it", lambda: ns in server.host.nested_namespaces() and
+                 has_address() and lab.dnsmasq_pid(server, net["id"]) not in (None, old), fault)
+        repaired("the instance's DHCP renewal", lambda: dhcp_renews(h1, a, ip), fault)

@@ -34,8 +34,8 @@ PENDING_POLL_MAX = 5.0
 # pass, and never sooner than EVENT_GAP after the previous pass ended. A pass that changed something hears
 # its own changes and confirms with one more pass; a pass that changed nothing makes no events, so the
 # chain ends there.
-EVENT_DEBOUNCE = 0.05
-EVENT_GAP = 0.2
+EVENT_DEBOUNCE = 0.02
+EVENT_GAP = 0.1
 # After a failed pass the next one waits BACKOFF_MIN, doubling up to BACKOFF_MAX.
 BACKOFF_MIN = 0.2
 BACKOFF_MAX = 10.0
