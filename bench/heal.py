@@ -141,6 +141,7 @@ def main() -> int:
     p.add_argument("--idle", type=float, default=20.0)
     p.add_argument("--networks", type=int, default=20)
     p.add_argument("--per-network", type=int, default=5)
+    p.add_argument("--keep", action="store_true", help="keep the state directory (agent log) for a look")
     args = p.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="neutrino-bench-heal-"))
     server = start_server(tmp, f"sqlite:///{tmp / 'n.db'}", "sqlite", {"NEUTRINO_AGENT__AGENT_DOWN_SECONDS": "60"})
@@ -195,16 +196,16 @@ def main() -> int:
             settle()
             old = bench.dnsmasq_pid(net["id"])
             assert old is not None
-            os.kill(old, signal.SIGKILL)
             fault = time.monotonic()
+            os.kill(old, signal.SIGKILL)
             bench.record("kill -9 dnsmasq -> new dnsmasq running",
                          poll("dnsmasq", replaced(old), fault))
             poll("DHCP", lambda: bench.renews("a", ip_a), fault)
             bench.record("kill -9 dnsmasq -> instance DHCP renewal done", time.monotonic() - fault)
 
             settle()
+            fault = time.monotonic()  # before the command: the figures include its own run time
             bench.run("ip", "link", "del", bridge)
-            fault = time.monotonic()
             bench.record("delete bridge -> bridge back with all ports", poll("bridge", lambda: bench.enslaved(
                 bridge, wired), fault))
             bench.record("delete bridge -> instance pings instance", poll("ping", lambda: bench.pings("a", ip_b),
@@ -212,22 +213,22 @@ def main() -> int:
 
             settle()
             old = bench.dnsmasq_pid(net["id"])
-            bench.run("ip", "link", "del", dhcp_tap)
             fault = time.monotonic()
+            bench.run("ip", "link", "del", dhcp_tap)
             bench.record("delete DHCP tap -> veth plugged, new dnsmasq", poll("dhcp tap", replaced(old, dhcp_tap),
                                                                              fault))
             poll("DHCP", lambda: bench.renews("a", ip_a), fault)
             bench.record("delete DHCP tap -> instance DHCP renewal done", time.monotonic() - fault)
 
             settle()
-            bench.run("ip", "link", "del", tap_b)
             fault = time.monotonic()
+            bench.run("ip", "link", "del", tap_b)
             bench.record("delete instance tap -> port DOWN (API)", poll("DOWN", lambda: bench.status(
                 ports["b"]["id"]) == "DOWN", fault))
+            back = time.monotonic()
             bench.run("ip", "link", "add", tap_b, "type", "veth", "peer", "name", "eth0", "netns", "lab-b")
             bench.run("ip", "-n", "lab-b", "link", "set", "eth0", "address", ports["b"]["mac_address"], "up")
             bench.run("ip", "link", "set", tap_b, "up")
-            back = time.monotonic()
             bench.record("  tap made again -> plugged into the bridge", poll("plugged", lambda: bench.enslaved(
                 bridge, {tap_b}), back))
             bench.record("  tap made again -> port ACTIVE (API)", poll("ACTIVE", lambda: bench.status(
@@ -275,7 +276,10 @@ def main() -> int:
                 bench.agent.wait()
         underlay.destroy()
         server.stop()
-        subprocess.run(["rm", "-rf", str(tmp)], check=False)
+        if args.keep:
+            progress(f"kept {tmp}")
+        else:
+            subprocess.run(["rm", "-rf", str(tmp)], check=False)
     assert bench is not None
     width = max(len(k) for k in [*bench.times, *(k for k, _ in idle_rows)])
     print("\nneutrino self-healing bench (real kernel, one throwaway host; agent.resync_seconds = 2)")
