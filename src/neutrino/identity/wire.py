@@ -133,9 +133,12 @@ async def json_body(request: Request, key: str) -> dict[str, Any]:
     return inner
 
 
-def _nul_in_url(request: Request) -> bool:
-    return "\x00" in request.url.path or any("\x00" in k or "\x00" in v
-                                             for k, v in request.query_params.multi_items())
+def _check_url(request: Request) -> None:
+    """No id or name holds NUL, and PostgreSQL could not even look one up: 404 in a path, 400 in a query."""
+    if "\x00" in request.url.path:
+        raise KeystoneError(404, "The resource could not be found.")
+    if any("\x00" in k or "\x00" in v for k, v in request.query_params.multi_items()):
+        raise bad_request("Invalid input: query parameters may not contain NUL characters.")
 
 
 def dispatch(handlers: Mapping[str, Handler]) -> Handler:
@@ -151,8 +154,7 @@ def dispatch(handlers: Mapping[str, Handler]) -> Handler:
                 raise KeystoneError(405, f"The method {request.method} is not allowed for this resource.")
             if declared_too_large(request):
                 raise too_large()
-            if _nul_in_url(request):  # no id or name holds NUL, and PostgreSQL could not look one up
-                raise KeystoneError(404, "The resource could not be found.")
+            _check_url(request)
             return await handler(request)
         except KeystoneError as exc:
             return error_response(exc)
