@@ -188,3 +188,24 @@ def test_deleted_dhcp_namespace_and_lost_address_are_repaired_by_the_periodic_pa
         repaired("the qdhcp namespace and a new dnsmasq in it", lambda: ns in server.host.nested_namespaces() and
                  has_address() and lab.dnsmasq_pid(server, net["id"]) not in (None, old), fault)
         repaired("the instance's DHCP renewal", lambda: dhcp_renews(h1, a, ip), fault)
+
+
+def test_dnsmasq_files_made_unreachable_are_reachable_again(lab: Lab) -> None:
+    """dnsmasq reads its files after dropping root. When a directory above them loses its x bit (pytest
+    does that to its base temp directory whenever a session starts), a reload fails and dnsmasq answers
+    nobody; the next pass makes the path searchable again and has dnsmasq reread its files."""
+    h1 = lab.agents["h1"]
+    net, _ = lab.network(uniq("heal"), "10.76.0.0/24")
+    a = uniq("k")
+    with instances(h1, net["id"], a):
+        ip = lab.port(a)["fixed_ips"][0]["ip_address"]
+        server = dhcp_agent(lab, net["id"])
+        pid = lab.dnsmasq_pid(server, net["id"])
+        assert pid is not None
+        log = server.state_dir / "agent" / "dhcp" / net["id"] / "dnsmasq.log"
+        fault = time.monotonic()
+        (server.state_dir / "agent").chmod(0o700)
+        os.kill(pid, signal.SIGHUP)
+        lab.wait("dnsmasq failing to read", lambda: "Permission denied" in log.read_text(), timeout=REPAIR)
+        repaired("the instance's DHCP renewal", lambda: dhcp_renews(h1, a, ip), fault)
+        assert lab.dnsmasq_pid(server, net["id"]) == pid  # reloaded, not restarted

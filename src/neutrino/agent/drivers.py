@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from neutrino.agent.loop import AgentSettings, Driver, DriverResult, Watch
 from neutrino.agent.model import PortId, Snapshot
@@ -103,9 +104,19 @@ class HostDriver:
     def _dhcp(self, desired: HostState, remade: set[PortId], errors: list[str]) -> int:
         changes = 0
         wanted = {d.network_id for d in desired.dhcp}
+        fixed: list[Path] = []
+        if desired.dhcp:
+            try:
+                fixed = self.dnsmasq.make_traversable()
+            except OSError as exc:
+                errors.append(f"dnsmasq state directory: {exc}")
+            if fixed:
+                log.info("made %s searchable for dnsmasq; running ones reread their files",
+                         ", ".join(map(str, fixed)))
+        reread = bool(fixed)
         for spec in desired.dhcp:
             try:
-                if self.dnsmasq.ensure(spec, restart=spec.port_id in remade):
+                if self.dnsmasq.ensure(spec, restart=spec.port_id in remade, reload=reread):
                     changes += 1
             except (KernelError, OSError) as exc:
                 errors.append(f"dnsmasq for {spec.network_id}: {exc}")

@@ -53,22 +53,25 @@ def _write(path: Path, text: str) -> bool:
 class DnsmasqSupervisor:
     def __init__(self, state_dir: Path) -> None:
         self.root = state_dir / "dhcp"
-        self._traversable = False
         self._pids: dict[str, int] = {}  # network -> the dnsmasq the last ensure() left running
 
     def pids(self) -> dict[str, int]:
         """The processes this supervisor started or found running, by network, as of its last call."""
         return dict(self._pids)
 
-    def _make_traversable(self) -> None:
+    def make_traversable(self) -> list[Path]:
         """dnsmasq reads its files after dropping root: every directory above them must be searchable
-        (x only; nothing becomes listable or readable that was not)."""
+        (x only; nothing becomes listable or readable that was not). Checked every pass, since something
+        else may take the bit away again (pytest resets its base temp directory to 0700 when a session
+        starts). Returns the directories it fixed: running dnsmasqs may have failed to read."""
         self.root.mkdir(parents=True, exist_ok=True)
+        fixed = []
         for d in [self.root, *self.root.parents]:
             mode = d.stat().st_mode
             if not mode & 0o001:
                 os.chmod(d, mode | 0o001)
-        self._traversable = True
+                fixed.append(d)
+        return fixed
 
     def directory(self, network_id: str) -> Path:
         return self.root / network_id
@@ -97,11 +100,10 @@ class DnsmasqSupervisor:
                 f"--dhcp-leasefile={d / 'leases'}", f"--pid-file={d / 'pid'}",
                 f"--log-facility={d / 'dnsmasq.log'}", "--dhcp-lease-max=16777216", *tail]
 
-    def ensure(self, spec: DhcpServerSpec, restart: bool = False) -> str | None:
+    def ensure(self, spec: DhcpServerSpec, restart: bool = False, reload: bool = False) -> str | None:
         """Make one network's dnsmasq match ``spec``; returns what it did ('started', 'reloaded', ...).
-        ``restart``: a running one starts again (its interface was made again: see agent.drivers)."""
-        if not self._traversable:
-            self._make_traversable()
+        ``restart``: a running one starts again (its interface was made again: see agent.drivers);
+        ``reload``: a running one rereads its files even if they did not change (it may have failed to)."""
         d = self.directory(spec.network_id)
         d.mkdir(parents=True, exist_ok=True)
         os.chmod(d, 0o755)
@@ -128,7 +130,7 @@ class DnsmasqSupervisor:
                 self._pids[spec.network_id] = started
             return action
         self._pids[spec.network_id] = pid
-        if changed:
+        if changed or reload:
             os.kill(pid, signal.SIGHUP)
             return "reloaded"
         return None
