@@ -185,6 +185,21 @@ def test_a_pass_hearing_its_own_changes_confirms_once(tmp_path: Path) -> None:
     assert agent.passes == 2 and agent.reasons["event"] == 1 and driver.changes_left == 0
 
 
+def test_an_object_that_never_stays_as_applied_slows_down_to_the_resync(tmp_path: Path) -> None:
+    """Every pass changes something and hears it (the kernel keeps undoing it): event-woken passes come
+    0.1, 0.2, 0.4, 0.8 s apart, then one per resync interval; never a loop."""
+    source, driver = FakeSource(), FakeDriver(changes_left=10_000)
+    agent = Agent(source, settings(tmp_path, 1.0), [driver])
+
+    async def body() -> None:
+        await asyncio.sleep(2.5)
+
+    asyncio.run(running(agent, body))
+    # 0, .1, .3, .7, 1.5, 2.5 s: about 6 passes (a loop at the 0.1 s gap would be ~25)
+    assert 4 <= driver.passes <= 8, driver.passes
+    assert agent.churn >= 4
+
+
 def test_a_failing_object_backs_off_whatever_wakes_the_agent(tmp_path: Path) -> None:
     """EINVAL on every pass, events every 10 ms, a resync timer of 20 ms and new intent: the passes still
     follow the backoff (0.2, 0.4, 0.8 s, ...), they never spin."""

@@ -36,6 +36,10 @@ PENDING_POLL_MAX = 5.0
 # chain ends there.
 EVENT_DEBOUNCE = 0.02
 EVENT_GAP = 0.1
+# Passes that keep changing something at the same revision (an object the kernel will not keep as asked)
+# hear their own changes every time: each one doubles the gap before the next event-woken pass, up to
+# the resync interval, so a non-converging object costs one pass per resync, not a loop.
+CHURN_WARN = 5
 # After a failed pass the next one waits BACKOFF_MIN, doubling up to BACKOFF_MAX.
 BACKOFF_MIN = 0.2
 BACKOFF_MAX = 10.0
@@ -100,6 +104,7 @@ class Agent:
         self.reported: dict[PortId, bool] = {}
         self.stats: dict[str, Any] = {}
         self.passes = 0
+        self.churn = 0  # consecutive passes that changed something at the same revision
         self.reasons: Counter[str] = Counter()  # passes by what started them
         self.last_error: str | None = None
         self.in_sync = asyncio.Event()
@@ -178,6 +183,11 @@ class Agent:
             self._rearm()
         await self._report_ports(snap, wired)
         self.passes += 1
+        self.churn = self.churn + 1 if changes and snap.revision == self.revision and self.passes > 1 else 0
+        if self.churn == CHURN_WARN:
+            log.warning("%d passes in a row changed something at revision %d (something does not stay as "
+                        "applied); passes woken by events slow down to one per %.1f s", self.churn, snap.revision,
+                        self.settings.resync_seconds)
         self.last_error = "; ".join(errors) or None
         if not errors:
             if snap.revision != self.revision:
@@ -343,7 +353,8 @@ class Agent:
                     continue
                 due, reason = min((next_resync, "resync"), (next_poll, "pending"))
                 if self._event_at is not None:
-                    at = max(self._event_at + EVENT_DEBOUNCE, self._pass_end + EVENT_GAP)
+                    gap = min(EVENT_GAP * 2 ** max(0, self.churn - 1), max(EVENT_GAP, s.resync_seconds))
+                    at = max(self._event_at + EVENT_DEBOUNCE, self._pass_end + gap)
                     due, reason = min((due, reason), (at, "event"))
                 if self.feed_revision > snap.revision:
                     reason = "intent"
