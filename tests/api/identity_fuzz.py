@@ -145,7 +145,7 @@ class Fuzzer:
         if content is None and body is not None:
             content = render(body).encode("utf-8", "surrogatepass")
             h.setdefault("Content-Type", "application/json")
-        raw_headers = {k: v.encode("latin-1") for k, v in h.items()}  # non-ASCII header bytes go out as they are
+        raw_headers = {k.encode(): v.encode("latin-1") for k, v in h.items()}  # non-ASCII header bytes go as they are
         try:
             resp = self.http.request(method, self.url + path, content=content, headers=raw_headers)
         except httpx.HTTPError as exc:  # the server hung up on us: worth a look, like a 5xx
