@@ -186,8 +186,8 @@ def test_a_pass_hearing_its_own_changes_confirms_once(tmp_path: Path) -> None:
 
 
 def test_an_object_that_never_stays_as_applied_slows_down_to_the_resync(tmp_path: Path) -> None:
-    """Every pass changes something and hears it (the kernel keeps undoing it): event-woken passes come
-    0.1, 0.2, 0.4, 0.8 s apart, then one per resync interval; never a loop."""
+    """Every pass changes something and hears it (the kernel keeps undoing it): after the confirming pass,
+    event-woken passes come 0.2, 0.4, 0.8 s apart, then one per resync interval; never a loop."""
     source, driver = FakeSource(), FakeDriver(changes_left=10_000)
     agent = Agent(source, settings(tmp_path, 1.0), [driver])
 
@@ -195,9 +195,26 @@ def test_an_object_that_never_stays_as_applied_slows_down_to_the_resync(tmp_path
         await asyncio.sleep(2.5)
 
     asyncio.run(running(agent, body))
-    # 0, .1, .3, .7, 1.5, 2.5 s: about 6 passes (a loop at the 0.1 s gap would be ~25)
-    assert 4 <= driver.passes <= 8, driver.passes
+    # about 0, .02, .04, .24, .64, 1.44, 2.44 s: 7 passes (a loop would be ~100)
+    assert 4 <= driver.passes <= 9, driver.passes
     assert agent.churn >= 4
+
+
+def test_events_that_never_stop_are_rate_limited(tmp_path: Path) -> None:
+    """Something outside flaps one of our links every 5 ms: passes change nothing, yet the events keep
+    coming; after a burst of 3, at most one pass per 0.1 s."""
+    source, driver = FakeSource(), FakeDriver()
+    agent = Agent(source, settings(tmp_path, 60.0), [driver])
+
+    async def body() -> None:
+        await until("the first pass", lambda: agent.passes == 1)
+        end = time.monotonic() + 1.5
+        while time.monotonic() < end:
+            driver.pipe.poke()
+            await asyncio.sleep(0.005)
+
+    asyncio.run(running(agent, body))
+    assert 5 <= agent.reasons["event"] <= 3 + 16, agent.reasons
 
 
 def test_a_failing_object_backs_off_whatever_wakes_the_agent(tmp_path: Path) -> None:

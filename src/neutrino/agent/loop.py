@@ -31,14 +31,16 @@ log = logging.getLogger("neutrino.agent")
 PENDING_POLL = 0.05
 PENDING_POLL_MAX = 5.0
 # Kernel events start a pass after a short pause, so a burst (a deleted bridge: one event per port) is one
-# pass, and never sooner than EVENT_GAP after the previous pass ended. A pass that changed something hears
-# its own changes and confirms with one more pass; a pass that changed nothing makes no events, so the
-# chain ends there.
+# pass. A pass that changed something hears its own changes and confirms with one more pass; a pass that
+# changed nothing makes no events, so the chain ends there. Event-woken passes draw from a bucket of
+# EVENT_BURST refilled every EVENT_GAP: events from outside that never stop (a foreign tap flapping) cost
+# at most 1/EVENT_GAP passes a second.
 EVENT_DEBOUNCE = 0.02
+EVENT_BURST = 3
 EVENT_GAP = 0.1
 # Passes that keep changing something at the same revision (an object the kernel will not keep as asked)
-# hear their own changes every time: each one doubles the gap before the next event-woken pass, up to
-# the resync interval, so a non-converging object costs one pass per resync, not a loop.
+# hear their own changes every time: from the second one on, the next event-woken pass waits 0.2, 0.4,
+# 0.8 s ... up to the resync interval, so a non-converging object costs one pass per resync, not a loop.
 CHURN_WARN = 5
 # After a failed pass the next one waits BACKOFF_MIN, doubling up to BACKOFF_MAX.
 BACKOFF_MIN = 0.2
@@ -114,6 +116,7 @@ class Agent:
         self._fetched = 0.0  # when self.snapshot came from the server (time.monotonic)
         self._pass_end = 0.0
         self._event_at: float | None = None  # first kernel event not covered by a pass yet
+        self._tokens, self._tokens_at = float(EVENT_BURST), 0.0  # the event-pass bucket, as of _tokens_at
         self._wake = asyncio.Event()
         self._watches: list[Watch] = []
         self._fds: dict[int, Watch] = {}
@@ -353,16 +356,29 @@ class Agent:
                     continue
                 due, reason = min((next_resync, "resync"), (next_poll, "pending"))
                 if self._event_at is not None:
-                    gap = min(EVENT_GAP * 2 ** max(0, self.churn - 1), max(EVENT_GAP, s.resync_seconds))
-                    at = max(self._event_at + EVENT_DEBOUNCE, self._pass_end + gap)
-                    due, reason = min((due, reason), (at, "event"))
+                    due, reason = min((due, reason), (self._event_due(now), "event"))
                 if self.feed_revision > snap.revision:
                     reason = "intent"
                     break
                 if now >= due:
+                    if reason == "event":
+                        self._tokens, self._tokens_at = self._bucket(now) - 1, now
                     break
                 self._wake.clear()
                 await _wait_any(min(due, next_beat) - now, stop, self._wake)
+
+
+    def _bucket(self, now: float) -> float:
+        return min(float(EVENT_BURST), self._tokens + (now - self._tokens_at) / EVENT_GAP)
+
+    def _event_due(self, now: float) -> float:
+        """When the pass for the pending kernel events may start."""
+        assert self._event_at is not None
+        tokens = self._bucket(now)
+        due = max(self._event_at + EVENT_DEBOUNCE, now + (1 - tokens) * EVENT_GAP if tokens < 1 else 0.0)
+        if self.churn >= 2:
+            due = max(due, self._pass_end + min(EVENT_GAP * 2 ** (self.churn - 1), self.settings.resync_seconds))
+        return due
 
 
 async def _wait_any(timeout: float, *events: asyncio.Event) -> None:
