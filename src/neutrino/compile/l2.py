@@ -27,7 +27,6 @@ from neutrino.compile.state import (
     tap_name,
 )
 
-
 IPV6_MIN_MTU = 1280
 
 
