@@ -101,3 +101,9 @@ def test_weak_refused_beyond_loopback_only_in_builtin_mode(tmp_path: Path) -> No
     credentials.refuse_weak_beyond_loopback(keystone, weak)
     strong = credentials.AdminPassword(credentials.generate(), str(tmp_path / "admin-password"), True)
     credentials.refuse_weak_beyond_loopback(config(tmp_path, "", "0.0.0.0"), strong)
+
+
+def test_a_state_dir_that_cannot_hold_the_file_is_a_config_error(tmp_path: Path) -> None:
+    (tmp_path / "a-file").write_text("")
+    with pytest.raises(ConfigError, match="cannot keep a generated admin password"):
+        credentials.ensure(config(tmp_path / "a-file" / "state"))

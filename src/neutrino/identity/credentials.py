@@ -119,7 +119,11 @@ def ensure(cfg: Config) -> AdminPassword:
     if found is not None:
         return AdminPassword(found, str(path), generated=False)
     value = generate()
-    if _create(path, value):
+    try:
+        created = _create(path, value)
+    except OSError as exc:
+        raise ConfigError(f"cannot keep a generated admin password in {path}: {exc}") from exc
+    if created:
         return AdminPassword(value, str(path), generated=True)
     raced = _read(path)
     if raced is None:  # created and removed again under our feet
