@@ -103,7 +103,15 @@ def test_weak_refused_beyond_loopback_only_in_builtin_mode(tmp_path: Path) -> No
     credentials.refuse_weak_beyond_loopback(config(tmp_path, "", "0.0.0.0"), strong)
 
 
-def test_a_state_dir_that_cannot_hold_the_file_is_a_config_error(tmp_path: Path) -> None:
+def test_a_state_dir_that_cannot_hold_the_file_is_a_config_error(tmp_path: Path,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
     (tmp_path / "a-file").write_text("")
-    with pytest.raises(ConfigError, match="cannot keep a generated admin password"):
+    with pytest.raises(ConfigError, match=r"admin password .* Not a directory"):
         credentials.ensure(config(tmp_path / "a-file" / "state"))
+
+    def refuse(*args: object, **kw: object) -> None:
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr("neutrino.identity.credentials.tempfile.mkstemp", refuse)  # root writes anywhere
+    with pytest.raises(ConfigError, match=r"cannot keep a generated admin password .* Permission denied"):
+        credentials.ensure(config(tmp_path / "state"))
