@@ -30,6 +30,7 @@ from starlette.routing import BaseRoute, Route
 from neutrino.api import discovery, listing
 from neutrino.api.agents import AGENT
 from neutrino.api.attributes import ResourceSpec, parse_bodies, parse_update
+from neutrino.api.http import read_capped
 from neutrino.api.resources import NETWORK, PORT, SUBNET
 from neutrino.config import Config
 from neutrino.context import RequestContext
@@ -109,23 +110,18 @@ def json_response(body: Any, status: int = 200) -> Response:
 
 
 async def read_body(request: Request, limit: int) -> bytes:
-    """The request body, refused (413) before parsing when it is larger than ``limit`` bytes — by its
-    Content-Length, or while it streams in when it has none."""
-    too_large = RequestTooLarge(f"Request is too large: the limit is {limit} bytes.")
-    declared = request.headers.get("content-length", "")
-    if declared.isdigit() and int(declared) > limit:
-        raise too_large
-    chunks, size = [], 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise too_large
-        chunks.append(chunk)
-    return b"".join(chunks)
+    """The request body; 413 before parsing when it is larger than ``limit`` bytes."""
+    raw = await read_capped(request, limit)
+    if raw is None:
+        raise RequestTooLarge(f"Request is too large: the limit is {limit} bytes.")
+    return raw
 
 
 def error_response(exc: ApiError) -> Response:
-    return json_response(exc.body(), exc.status)
+    response = json_response(exc.body(), exc.status)
+    if exc.status == 413:  # the rest of the body is never read: close rather than drain it
+        response.headers["Connection"] = "close"
+    return response
 
 
 class Api:

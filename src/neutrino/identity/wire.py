@@ -17,6 +17,8 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from neutrino.api.http import declared_too_large, read_capped
+
 log = logging.getLogger(__name__)
 
 Handler = Callable[[Request], Awaitable[Response]]
@@ -82,24 +84,12 @@ def timestamp(value: dt.datetime) -> str:
     return value.strftime("%Y-%m-%dT%H:%M:%S.000000Z")
 
 
-def declared_too_large(request: Request) -> bool:
-    length = request.headers.get("content-length", "")
-    return length.isdigit() and int(length) > MAX_BODY_BYTES
-
-
 async def read_body(request: Request) -> bytes:
-    """The body, refused with 413 once it passes MAX_BODY_BYTES: by its Content-Length before anything is
-    read, and by counting while a chunked body streams in, so an oversized body is never held in memory."""
-    if declared_too_large(request):
+    """The body, refused with 413 once it passes MAX_BODY_BYTES (never held in memory whole)."""
+    raw = await read_capped(request, MAX_BODY_BYTES)
+    if raw is None:
         raise too_large()
-    chunks: list[bytes] = []
-    size = 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > MAX_BODY_BYTES:
-            raise too_large()
-        chunks.append(chunk)
-    return b"".join(chunks)
+    return raw
 
 
 def _has_nul(value: Any) -> bool:
@@ -152,7 +142,7 @@ def dispatch(handlers: Mapping[str, Handler]) -> Handler:
         try:
             if handler is None:
                 raise KeystoneError(405, f"The method {request.method} is not allowed for this resource.")
-            if declared_too_large(request):
+            if declared_too_large(request, MAX_BODY_BYTES):
                 raise too_large()
             _check_url(request)
             return await handler(request)
