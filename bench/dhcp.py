@@ -28,7 +28,7 @@ import httpx
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from neutrino.hosts import Underlay  # noqa: E402
+from neutrino.hosts import Host, Underlay  # noqa: E402
 from tests.api.conftest import start_server  # noqa: E402
 
 NEUTRINO = str(Path(sys.executable).parent / "neutrino")
@@ -41,6 +41,24 @@ def pct(values: list[float], q: float) -> float:
 
 def progress(msg: str) -> None:
     print(f"  .. {msg}", file=sys.stderr, flush=True)
+
+
+def wired_networks(api: httpx.Client, host: Host, tmp: Path, networks: int, per_network: int, prefix: str) -> int:
+    """``networks`` networks with a DHCP subnet and ``per_network`` ports bound to h1 each, every port's
+    tap made at once with one ``ip -batch`` inside ``host`` (as a hypervisor would); returns the ports."""
+    script = []
+    for n in range(networks):
+        nid = api.post("/v2.0/networks", json={"network": {"name": f"{prefix}{n}"}}).json()["network"]["id"]
+        api.post("/v2.0/subnets", json={"subnet": {"network_id": nid, "ip_version": 4,
+                                                   "cidr": f"10.{100 + n // 200}.{n % 200}.0/24"}})
+        ports = api.post("/v2.0/ports", json={"ports": [
+            {"network_id": nid, "device_owner": "compute:lab", "binding:host_id": "h1"}
+            for _ in range(per_network)]}).json()["ports"]
+        script += [f"link add tap{p['id'][:11]} type veth peer name v{p['id'][:11]}" for p in ports]
+    batch = tmp / "links.batch"
+    batch.write_text("\n".join(script) + "\n")
+    host.run(["ip", "-batch", str(batch)])
+    return networks * per_network
 
 
 def main() -> int:
@@ -120,19 +138,7 @@ def main() -> int:
 
         # 3. restart verification of N ports on M networks, all wired.
         progress(f"{args.networks} networks x {args.per_network} ports with taps, then an agent restart")
-        script = []
-        for n in range(args.networks):
-            nid = api.post("/v2.0/networks", json={"network": {"name": f"r{n}"}}).json()["network"]["id"]
-            api.post("/v2.0/subnets", json={"subnet": {"network_id": nid, "ip_version": 4,
-                                                       "cidr": f"10.{100 + n // 200}.{n % 200}.0/24"}})
-            ports = api.post("/v2.0/ports", json={"ports": [
-                {"network_id": nid, "device_owner": "compute:lab", "binding:host_id": "h1"}
-                for _ in range(args.per_network)]}).json()["ports"]
-            script += [f"link add tap{p['id'][:11]} type veth peer name v{p['id'][:11]}" for p in ports]
-        batch = tmp / "links.batch"
-        batch.write_text("\n".join(script) + "\n")
-        host.run(["ip", "-batch", str(batch)])
-        total = args.networks * args.per_network
+        total = wired_networks(api, host, tmp, args.networks, args.per_network, "r")
         while api.get("/v2.0/ports", params={"status": "ACTIVE", "device_owner": "compute:lab",
                                              "fields": "id"}).json()["ports"].__len__() < total:
             time.sleep(0.2)

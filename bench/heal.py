@@ -33,6 +33,7 @@ import httpx
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from bench.dhcp import wired_networks  # noqa: E402
 from neutrino.agent.instances import SCRIPT  # noqa: E402
 from neutrino.dataplane import netlink as nl  # noqa: E402
 from neutrino.hosts import Host, Underlay  # noqa: E402
@@ -243,19 +244,7 @@ def main() -> int:
         progress(f"idle agent, {args.idle:.0f} s")
         small = bench.idle(args.idle)
         progress(f"{args.networks} more networks x {args.per_network} wired ports, each with DHCP")
-        script = []
-        for n in range(args.networks):
-            nid = api.post("/v2.0/networks", json={"network": {"name": f"x{n}"}}).json()["network"]["id"]
-            api.post("/v2.0/subnets", json={"subnet": {"network_id": nid, "ip_version": 4,
-                                                       "cidr": f"10.{100 + n // 200}.{n % 200}.0/24"}})
-            extra = api.post("/v2.0/ports", json={"ports": [
-                {"network_id": nid, "device_owner": "compute:lab", "binding:host_id": "h1"}
-                for _ in range(args.per_network)]}).json()["ports"]
-            script += [f"link add tap{q['id'][:11]} type veth peer name v{q['id'][:11]}" for q in extra]
-        batch = tmp / "links.batch"
-        batch.write_text("\n".join(script) + "\n")
-        host.run(["ip", "-batch", str(batch)])
-        total = args.networks * args.per_network
+        total = wired_networks(api, host, tmp, args.networks, args.per_network, "x")
         poll("extra ports ACTIVE", lambda: len(api.get("/v2.0/ports", params={
             "status": "ACTIVE", "device_owner": "compute:lab", "fields": "id"}).json()["ports"]) >= total + 2,
             time.monotonic(), 120)

@@ -126,14 +126,18 @@ def start_server(tmp: Path, database_url: str, backend: str, extra_env: dict[str
     return Server(url, tmp, clouds, proc, backend, env)
 
 
-@pytest.fixture(scope="session", params=["sqlite", "postgresql"])
-def server(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    tmp = tmp_path_factory.mktemp(f"server-{request.param}")
-    if request.param == "postgresql":
+def backend_server(request: pytest.FixtureRequest, backend: str, tmp: Path) -> Server:
+    """A server in ``tmp`` on ``backend`` (sqlite, or postgresql: a new database on the suite's cluster)."""
+    if backend == "postgresql":
         url = request.getfixturevalue("postgres").new_database()
     else:
         url = f"sqlite:///{tmp / 'neutrino.db'}"
-    srv = start_server(tmp, url, request.param)
+    return start_server(tmp, url, backend)
+
+
+@pytest.fixture(scope="session", params=["sqlite", "postgresql"])
+def server(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    srv = backend_server(request, request.param, tmp_path_factory.mktemp(f"server-{request.param}"))
     try:
         yield srv
     finally:

@@ -16,7 +16,7 @@ from collections.abc import Iterator
 import httpx
 import pytest
 
-from tests.api.conftest import Server, start_server
+from tests.api.conftest import Server, backend_server
 from tests.api.fuzzing import Fuzzer, Session
 
 SEED = 20260101
@@ -27,12 +27,7 @@ CLIENT_TIMEOUT = 5.0
 @pytest.fixture(scope="module", params=["sqlite", "postgresql"])
 def fuzz_server(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     """A server of its own per backend (PostgreSQL refuses values SQLite takes: both are fuzzed)."""
-    tmp = tmp_path_factory.mktemp(f"fuzz-server-{request.param}")
-    if request.param == "postgresql":
-        url = request.getfixturevalue("postgres").new_database()
-    else:
-        url = f"sqlite:///{tmp / 'neutrino.db'}"
-    srv = start_server(tmp, url, request.param)
+    srv = backend_server(request, request.param, tmp_path_factory.mktemp(f"fuzz-server-{request.param}"))
     try:
         yield srv
     finally:

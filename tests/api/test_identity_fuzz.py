@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.api.conftest import Postgres, start_server
+from tests.api.conftest import backend_server
 from tests.api.identity_fuzz import Fuzzer
 
 pytestmark = pytest.mark.xdist_group("identity-fuzz")
@@ -15,12 +15,7 @@ pytestmark = pytest.mark.xdist_group("identity-fuzz")
 
 @pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
 def test_no_input_makes_the_identity_api_fail(backend: str, tmp_path: Path, request: pytest.FixtureRequest) -> None:
-    if backend == "postgresql":
-        pg: Postgres = request.getfixturevalue("postgres")
-        url = pg.new_database()
-    else:
-        url = f"sqlite:///{tmp_path / 'neutrino.db'}"
-    server = start_server(tmp_path, url, backend)
+    server = backend_server(request, backend, tmp_path)
     try:
         report = Fuzzer(server.url, "secret").run()
     finally:
