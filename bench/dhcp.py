@@ -43,6 +43,14 @@ def progress(msg: str) -> None:
     print(f"  .. {msg}", file=sys.stderr, flush=True)
 
 
+def agent_env(tmp: Path, host: Host, state: Path, log_level: str) -> dict[str, str]:
+    """The environment of a stand-alone agent for ``host`` (named h1) talking to the bench's server."""
+    return dict(os.environ, NEUTRINO_STATE_DIR=str(state), NEUTRINO_AGENT__HOST="h1",
+                NEUTRINO_AGENT__SERVER_URL=f"unix:{tmp / 'neutrino.sock'}", NEUTRINO_AGENT__PASSWORD="secret",
+                NEUTRINO_AGENT__LOCAL_IP=str(host.address.ip), NEUTRINO_LOG__LEVEL=log_level,
+                NEUTRINO_API__SOCKET="")
+
+
 def wired_networks(api: httpx.Client, host: Host, tmp: Path, networks: int, per_network: int, prefix: str) -> int:
     """``networks`` networks with a DHCP subnet and ``per_network`` ports bound to h1 each, every port's
     tap made at once with one ``ip -batch`` inside ``host`` (as a hypervisor would); returns the ports."""
@@ -77,10 +85,7 @@ def main() -> int:
         host = underlay.add_host("h1")
         state = tmp / "h1"
         state.mkdir()
-        env = dict(os.environ, NEUTRINO_STATE_DIR=str(state), NEUTRINO_AGENT__HOST="h1",
-                   NEUTRINO_AGENT__SERVER_URL=f"unix:{tmp / 'neutrino.sock'}", NEUTRINO_AGENT__PASSWORD="secret",
-                   NEUTRINO_AGENT__LOCAL_IP=str(host.address.ip), NEUTRINO_LOG__LEVEL="INFO",
-                   NEUTRINO_API__SOCKET="")
+        env = agent_env(tmp, host, state, "INFO")
 
         def start_agent() -> subprocess.Popen[bytes]:
             log = open(state / "agent.log", "ab")  # noqa: SIM115

@@ -33,7 +33,7 @@ import httpx
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bench.dhcp import wired_networks  # noqa: E402
+from bench.dhcp import agent_env, wired_networks  # noqa: E402
 from neutrino.agent.instances import SCRIPT  # noqa: E402
 from neutrino.dataplane import netlink as nl  # noqa: E402
 from neutrino.hosts import Host, Underlay  # noqa: E402
@@ -153,10 +153,7 @@ def main() -> int:
         host = underlay.add_host("h1")
         state = tmp / "h1"
         state.mkdir()
-        env = dict(os.environ, NEUTRINO_STATE_DIR=str(state), NEUTRINO_AGENT__HOST="h1",
-                   NEUTRINO_AGENT__SERVER_URL=f"unix:{tmp / 'neutrino.sock'}", NEUTRINO_AGENT__PASSWORD="secret",
-                   NEUTRINO_AGENT__LOCAL_IP=str(host.address.ip), NEUTRINO_LOG__LEVEL="DEBUG",
-                   NEUTRINO_API__SOCKET="")
+        env = agent_env(tmp, host, state, "DEBUG")
         token = httpx.post(f"{server.url}/identity/v3/auth/tokens", json={"auth": {"identity": {
             "methods": ["password"], "password": {"user": {"name": "admin", "domain": {"name": "Default"},
                                                            "password": "secret"}}},
