@@ -7,6 +7,8 @@ changed nothing.
 from __future__ import annotations
 
 import json
+import signal
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -434,3 +436,27 @@ def test_timestamp_filters_take_times(raw: Raw) -> None:
             error(raw("GET", "/v2.0/agents", params={"heartbeat_timestamp": bad}), 400, "HTTPBadRequest")
     finally:
         raw("DELETE", f"/v2.0/networks/{net['id']}")
+
+
+def test_sigterm_does_not_wait_for_agents_long_polls(tmp_path: Path) -> None:
+    """A remote agent is always in a long poll (up to 55 s): stopping the server answers it at once."""
+    srv = start_server(tmp_path, f"sqlite:///{tmp_path / 'n.db'}", "sqlite")
+    try:
+        token = httpx.post(f"{srv.url}/identity/v3/auth/tokens", json={"auth": {"identity": {
+            "methods": ["password"], "password": {"user": {"name": "admin", "domain": {"name": "Default"},
+                                                           "password": "secret"}}},
+            "scope": {"project": {"name": "admin", "domain": {"name": "Default"}}}}}).headers["X-Subject-Token"]
+        answers: list[int] = []
+        poll = threading.Thread(target=lambda: answers.append(httpx.get(
+            f"{srv.url}/agent-api/v1/wait", params={"after": 10 ** 9, "timeout": 50},
+            headers={"X-Auth-Token": token}, timeout=60).status_code))
+        poll.start()
+        time.sleep(0.5)  # the poll is in
+        started = time.monotonic()
+        srv.proc.send_signal(signal.SIGTERM)
+        srv.proc.wait(15)
+        assert time.monotonic() - started < 5
+        poll.join(10)
+        assert answers == [200]
+    finally:
+        srv.stop()

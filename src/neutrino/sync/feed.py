@@ -18,6 +18,7 @@ class Feed:
         self._poll = poll_seconds
         self._loop: asyncio.AbstractEventLoop | None = None
         self._event: asyncio.Event | None = None
+        self._closed = False
 
     def bind(self, loop: asyncio.AbstractEventLoop) -> None:
         self._loop = loop
@@ -27,6 +28,11 @@ class Feed:
         loop, event = self._loop, self._event
         if loop is not None and event is not None and not loop.is_closed():
             loop.call_soon_threadsafe(event.set)
+
+    def close(self) -> None:
+        """The server is stopping: every wait answers now (the agents ask the next server or again)."""
+        self._closed = True
+        self.notify()
 
     async def wait(self, after: int, timeout: float) -> int:
         """The current revision, as soon as it is above ``after`` (or when ``timeout`` runs out)."""
@@ -39,7 +45,7 @@ class Feed:
             self._event.clear()
             rev = await self._revision()
             remaining = deadline - loop.time()
-            if rev > after or remaining <= 0:
+            if rev > after or remaining <= 0 or self._closed:
                 return rev
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._event.wait(), min(remaining, self._poll))
