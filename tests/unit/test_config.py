@@ -24,3 +24,13 @@ def test_unknown_and_wrong_types_are_refused(tmp_path: Path) -> None:
         config.load(f, env={})
     with pytest.raises(ConfigError, match="expected an integer"):
         config.load(None, env={"NEUTRINO_API__PORT": "lots"})
+
+
+def test_the_readme_example_is_a_valid_config(tmp_path: Path) -> None:
+    """The configuration block in the README loads as it stands (every key known, every type right)."""
+    readme = (Path(__file__).parents[2] / "README.md").read_text()
+    block = readme.split("```yaml\n", 1)[1].split("```", 1)[0]
+    f = tmp_path / "n.yaml"
+    f.write_text(block)
+    cfg = config.load(f, env={})
+    assert cfg.agent.resync_seconds == 2.0 and cfg.network.vlan_ranges == ["physnet1:100:199"]
