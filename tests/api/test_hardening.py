@@ -123,9 +123,14 @@ def test_shared_network_port_policy(raw: Raw, bob: Raw, shared: tuple[Any, Any])
                                                       "fixed_ips": [{"subnet_id": sub.id}]}})
     assert mine.status_code == 201, mine.text
     pid = mine.json()["port"]["id"]
+    held = mine.json()["port"]["fixed_ips"]
     for extra in ({"allowed_address_pairs": [{"ip_address": "10.105.0.1"}]}, {"port_security_enabled": False},
-                  {"device_owner": "network:router_gateway"}):
+                  {"device_owner": "network:router_gateway"},
+                  {"fixed_ips": [*held, {"subnet_id": sub.id, "ip_address": "10.105.0.99"}]}):
         error(bob("PUT", f"/v2.0/ports/{pid}", json={"port": extra}), 403, "PolicyNotAuthorized")
+    # Naming the addresses it holds (as `openstack port set --fixed-ip` does) and asking for one more is fine.
+    more = bob("PUT", f"/v2.0/ports/{pid}", json={"port": {"fixed_ips": [*held, {"subnet_id": sub.id}]}})
+    assert more.status_code == 200 and len(more.json()["port"]["fixed_ips"]) == 2, more.text
     shown = raw("GET", f"/v2.0/ports/{pid}").json()["port"]
     assert shown["allowed_address_pairs"] == [] and shown["port_security_enabled"] is True
     assert shown["device_owner"] == "compute:nova"

@@ -131,7 +131,11 @@ def update(core: Core, conn: Connection, ctx: RequestContext, port_id: str, data
     guard_change(ctx, row.project_id, "update_port", row.revision_number, if_match,
                  owner_only=False)
     net = conn.execute(select(networks.c.id, networks.c.project_id).where(networks.c.id == row.network_id)).one()
-    _check_network_owner_attrs(ctx, net, {k: v for k, v in data.items() if k != "mac_address"}, "update_port")
+    held = {r[0] for r in conn.execute(select(ipallocations.c.ip_address).where(ipallocations.c.port_id == port_id))}
+    asked = {k: v for k, v in data.items() if k != "mac_address"}  # MACs: admin only, checked below
+    if "fixed_ips" in asked:  # naming the addresses the port holds (to keep them) picks nothing new
+        asked["fixed_ips"] = [f for f in asked["fixed_ips"] if f.get("ip_address") not in held]
+    _check_network_owner_attrs(ctx, net, asked, "update_port")
     if "extra_dhcp_opts" in data:
         data["extra_dhcp_opts"] = _merge_dhcp_opts(row.extra_dhcp_opts, data["extra_dhcp_opts"])
     if "mac_address" in data and data["mac_address"] != row.mac_address:
