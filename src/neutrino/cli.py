@@ -152,7 +152,7 @@ def cmd_up(args: argparse.Namespace, cfg: config.Config, *, with_agent: bool) ->
         _stop_on_signals(stop)
         tasks = [asyncio.create_task(server.serve(cfg, app, stop))]
         if with_agent:
-            agent = runtime.build(cfg, app.state.api)
+            agent = runtime.build(cfg, app.state.api.channel)
             tasks.append(asyncio.create_task(runtime.run(agent, stop)))
         done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
         stop.set()
@@ -225,7 +225,7 @@ def cmd_cleanup(cfg: config.Config) -> int:
     from neutrino.agent import runtime
     from neutrino.agent.drivers import HostDriver
     from neutrino.agent.instances import Instances
-    from neutrino.agent.model import Snapshot
+    from neutrino.intent.model import Snapshot
 
     pid = _running(cfg)
     if pid is not None:

@@ -20,8 +20,9 @@ from neutrino.agent.source import client_for, password_token
 from neutrino.config import Config
 from neutrino.errors import NeutrinoError
 from neutrino.identity.credentials import admin_password
+from neutrino.intent.model import DeviceOwner
 
-OWNER = "compute:lab"
+OWNER = DeviceOwner.LAB.value
 
 
 class Api:

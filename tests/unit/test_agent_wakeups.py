@@ -19,10 +19,10 @@ from pathlib import Path
 import pytest
 
 from neutrino.agent.loop import Agent, AgentSettings, DriverResult, Watch
-from neutrino.agent.model import Snapshot
 from neutrino.dataplane.dnsmasq import ExitWatch
 from neutrino.errors import KernelError
-from neutrino.services.agents import AgentReport
+from neutrino.intent.model import Snapshot
+from neutrino.intent.report import AgentReport
 
 
 class FakeSource:

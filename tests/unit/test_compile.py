@@ -6,7 +6,9 @@ import dataclasses
 import ipaddress
 import random
 
-from neutrino.agent.model import (
+from neutrino.compile.dhcp import compile_dhcp, render_dnsmasq
+from neutrino.compile.l2 import compile_host
+from neutrino.intent.model import (
     ExtraDhcpOpt,
     FixedIp,
     HostName,
@@ -21,8 +23,6 @@ from neutrino.agent.model import (
     SubnetId,
     SubnetSpec,
 )
-from neutrino.compile.dhcp import compile_dhcp, render_dnsmasq
-from neutrino.compile.l2 import compile_host
 
 N1 = NetworkId("11111111-1111-1111-1111-111111111111")
 N2 = NetworkId("22222222-2222-2222-2222-222222222222")

@@ -7,7 +7,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from neutrino.agent.loop import AgentSettings, Driver, DriverResult, Watch
-from neutrino.agent.model import PortId, Snapshot
 from neutrino.compile.l2 import compile_host
 from neutrino.compile.state import HostState
 from neutrino.config import Config
@@ -15,6 +14,7 @@ from neutrino.dataplane import l2
 from neutrino.dataplane import netlink as nl
 from neutrino.dataplane.dnsmasq import DnsmasqSupervisor, ExitWatch
 from neutrino.errors import KernelError
+from neutrino.intent.model import PortId, Snapshot
 
 log = logging.getLogger("neutrino.agent")
 # Links of ours in the host's namespace whose changes wake the agent. ``ns-`` devices live in qdhcp

@@ -21,9 +21,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
-from neutrino.agent.model import PortId, Snapshot
-from neutrino.agent.source import IntentSource
-from neutrino.services.agents import AgentReport, AgentType
+from neutrino.intent.model import AgentType, PortId, Snapshot
+from neutrino.intent.report import AgentReport, PortStatus
+from neutrino.intent.source import IntentSource
 
 log = logging.getLogger("neutrino.agent")
 # A port bound here whose device is not there yet (an instance's tap about to appear) is looked for
@@ -165,7 +165,7 @@ class Agent:
         active = sorted(p for p in mine & wired if self.reported.get(p) is not True)
         down = sorted(p for p in mine - wired if self.reported.get(p) is not False)
         if active or down:
-            await self.source.port_status(self.settings.host, list(active), list(down))
+            await self.source.port_status(PortStatus(self.settings.host, tuple(active), tuple(down)))
         self.reported = {p: p in wired for p in mine}
 
     async def run_once(self, fetch: bool = True, reason: str = "intent") -> Snapshot:

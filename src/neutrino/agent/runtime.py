@@ -6,14 +6,11 @@ import asyncio
 import logging
 import socket
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from neutrino.agent.loop import Agent, AgentSettings, Driver
-from neutrino.agent.source import HttpSource, IntentSource, LocalSource, password_token
+from neutrino.agent.source import HttpSource, password_token
 from neutrino.config import Config
-
-if TYPE_CHECKING:
-    from neutrino.api.app import Api
+from neutrino.intent.source import IntentSource
 
 log = logging.getLogger("neutrino.agent")
 
@@ -45,12 +42,11 @@ def drivers(cfg: Config, s: AgentSettings) -> list[Driver]:
     return build_drivers(cfg, s)
 
 
-def build(cfg: Config, api: Api | None = None) -> Agent:
+def build(cfg: Config, source: IntentSource | None = None) -> Agent:
+    """The agent of this host, reading from ``source`` (the server in-process, ``neutrino up``) or, when
+    none is given, from ``agent.server_url`` over HTTP (a stand-alone ``neutrino agent``)."""
     s = settings(cfg)
-    source: IntentSource
-    if api is not None:
-        source = LocalSource(api)
-    else:
+    if source is None:
         if not cfg.agent.server_url:
             raise ValueError("agent.server_url is required for a stand-alone agent")
         base, path = (cfg.agent.auth_url, "") if cfg.agent.auth_url else (cfg.agent.server_url, "/identity/v3")

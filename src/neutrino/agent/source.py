@@ -1,57 +1,16 @@
-"""Where an agent gets its intent from and reports back to: the server, in-process or over HTTP.
-
-Both implement ``IntentSource``; the agent loop cannot tell them apart. ``LocalSource`` calls the API's
-own functions (``neutrino up``); ``HttpSource`` speaks ``/agent-api/v1`` with an admin token (a remote
-``neutrino agent``).
-"""
+"""The agent's ``IntentSource`` over HTTP: ``/agent-api/v1`` with an admin token (a remote ``neutrino
+agent``). In ``neutrino up`` the server's own ``sync.channel.Channel`` is the source, in-process."""
 
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import Any
 
 import httpx
 
-from neutrino.agent.model import Snapshot
-from neutrino.services.agents import AgentReport
-from neutrino.services.ports import set_status
-from neutrino.sync import snapshot
-
-if TYPE_CHECKING:
-    from neutrino.api.app import Api
-
-
-class IntentSource(Protocol):
-    async def report(self, rep: AgentReport) -> str: ...
-    async def wait(self, after: int, timeout: float) -> int: ...
-    async def snapshot(self, host: str) -> Snapshot: ...
-    async def port_status(self, host: str, active: list[str], down: list[str]) -> None: ...
-    async def aclose(self) -> None: ...
-
-
-class LocalSource:
-    """The in-process server (``neutrino up``)."""
-
-    def __init__(self, api: Api) -> None:
-        self.api = api
-
-    async def report(self, rep: AgentReport) -> str:
-        result: str = await self.api.write(lambda conn: self.api.agent_report(conn, rep))
-        return result
-
-    async def wait(self, after: int, timeout: float) -> int:
-        return await self.api.feed.wait(after, timeout)
-
-    async def snapshot(self, host: str) -> Snapshot:
-        down_after = self.api.cfg.agent.agent_down_seconds
-        result: Snapshot = await self.api.read(lambda conn: snapshot.build(conn, host, down_after))
-        return result
-
-    async def port_status(self, host: str, active: list[str], down: list[str]) -> None:
-        await self.api.write(lambda conn: set_status(conn, host, active, down))
-
-    async def aclose(self) -> None:
-        return None
+from neutrino.intent import codec
+from neutrino.intent.model import Snapshot
+from neutrino.intent.report import AgentReport, PortStatus
 
 
 def client_for(url: str, timeout: float = 70) -> httpx.AsyncClient:
@@ -95,19 +54,17 @@ class HttpSource:
         raise AssertionError("unreachable")
 
     async def report(self, rep: AgentReport) -> str:
-        body = {"host": rep.host, "agent_type": rep.agent_type.value, "configurations": rep.configurations,
-                "start_flag": rep.start_flag}
-        return str((await self._json("POST", "/agent-api/v1/report", json=body))["id"])
+        return str((await self._json("POST", "/agent-api/v1/report", json=codec.encode(rep)))["id"])
 
     async def wait(self, after: int, timeout: float) -> int:
         data = await self._json("GET", "/agent-api/v1/wait", params={"after": after, "timeout": timeout})
         return int(data["revision"])
 
     async def snapshot(self, host: str) -> Snapshot:
-        return snapshot.from_json(await self._json("GET", "/agent-api/v1/snapshot", params={"host": host}))
+        return codec.decode(Snapshot, await self._json("GET", "/agent-api/v1/snapshot", params={"host": host}))
 
-    async def port_status(self, host: str, active: list[str], down: list[str]) -> None:
-        await self._json("POST", "/agent-api/v1/port-status", json={"host": host, "active": active, "down": down})
+    async def port_status(self, status: PortStatus) -> int:
+        return int((await self._json("POST", "/agent-api/v1/port-status", json=codec.encode(status)))["changed"])
 
     async def aclose(self) -> None:
         await self.client.aclose()

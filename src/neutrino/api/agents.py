@@ -19,10 +19,12 @@ from neutrino.api import validate as v
 from neutrino.api.attributes import Attr, ResourceSpec
 from neutrino.db.schema import agents, dhcp_bindings, networks
 from neutrino.errors import BadRequest, Conflict, NotFound, PolicyNotAuthorized
+from neutrino.intent import codec
+from neutrino.intent.model import AgentType
+from neutrino.intent.report import AgentReport, PortStatus
 from neutrino.services import agents as agent_service
-from neutrino.services import dhcp, ports
+from neutrino.services import dhcp
 from neutrino.services import networks as net_service
-from neutrino.sync import snapshot
 
 if TYPE_CHECKING:
     from neutrino.api.app import Api, Handler
@@ -70,38 +72,24 @@ def _body_error(what: str, detail: str) -> BadRequest:
     return BadRequest(f"Invalid {what}: {detail}", type="HTTPBadRequest")
 
 
-def parse_report(body: Any) -> agent_service.AgentReport:
-    """The body of /agent-api/v1/report: {"host", "agent_type", "configurations"?, "start_flag"?}."""
-    if not isinstance(body, dict):
-        raise _body_error("agent report", "expected an object")
-    host, kind, conf = body.get("host"), body.get("agent_type"), body.get("configurations", {})
-    if not isinstance(host, str) or not host or len(host) > 255 or not host.isprintable():
-        raise _body_error("agent report", "host must be a non-empty string")
+def parse_report(body: Any) -> AgentReport:
+    """The body of /agent-api/v1/report (``intent.report.AgentReport`` in its JSON form)."""
     try:
-        agent_type = agent_service.AgentType(str(kind))
-    except ValueError:
-        raise _body_error("agent report", f"unknown agent_type {kind!r}") from None
-    try:
-        conf = v.json_dict()(conf)
+        rep = codec.decode(AgentReport, body)
+        v.json_dict()(rep.configurations)
     except ValueError as exc:
-        raise _body_error("agent report", f"configurations: {exc}") from None
-    start = body.get("start_flag", False)
-    if not isinstance(start, bool):
-        raise _body_error("agent report", "start_flag must be true or false")
-    return agent_service.AgentReport(host=host, agent_type=agent_type, configurations=conf, start_flag=start)
+        raise _body_error("agent report", str(exc)) from None
+    if not rep.host or len(rep.host) > 255 or not rep.host.isprintable():
+        raise _body_error("agent report", "host must be a non-empty printable string")
+    return rep
 
 
-def parse_port_status(body: Any) -> tuple[str, list[str], list[str]]:
-    """The body of /agent-api/v1/port-status: {"host", "active": [port ids], "down": [port ids]}."""
-    if not isinstance(body, dict) or not isinstance(body.get("host", ""), str):
-        raise _body_error("port status", "expected {\"host\": ..., \"active\": [...], \"down\": [...]}")
-    lists = []
-    for key in ("active", "down"):
-        ids = body.get(key, [])
-        if not isinstance(ids, list) or not all(isinstance(i, str) for i in ids):
-            raise _body_error("port status", f"{key} must be a list of port ids")
-        lists.append(ids)
-    return body.get("host", ""), lists[0], lists[1]
+def parse_port_status(body: Any) -> PortStatus:
+    """The body of /agent-api/v1/port-status (``intent.report.PortStatus`` in its JSON form)."""
+    try:
+        return codec.decode(PortStatus, body)
+    except ValueError as exc:
+        raise _body_error("port status", str(exc)) from None
 
 
 def routes(api: Api, guarded: Callable[[Handler], Handler]) -> list[BaseRoute]:
@@ -120,7 +108,7 @@ def routes(api: Api, guarded: Callable[[Handler], Handler]) -> list[BaseRoute]:
         row = conn.execute(select(agents).where(agents.c.id == agent_id)).first()
         if row is None:
             raise NotFound(f"Agent {agent_id} could not be found.", type="AgentNotFound")
-        if row.agent_type != agent_service.AgentType.DHCP.value:
+        if row.agent_type != AgentType.DHCP.value:
             raise Conflict(f"Agent {agent_id} is not a DHCP Agent or has been disabled.", type="InvalidDHCPAgent")
         return row
 
@@ -183,29 +171,24 @@ def routes(api: Api, guarded: Callable[[Handler], Handler]) -> list[BaseRoute]:
     # -- the agent channel ----------------------------------------------------------------------------
     async def report(request: Request) -> Response:
         await admin_ctx(request, "report_state")
-        rep = parse_report(await api.body(request))
-        agent_id = await api.write(lambda conn: api.agent_report(conn, rep))
-        return json_response({"id": agent_id})
+        return json_response({"id": await api.channel.report(parse_report(await api.body(request)))})
 
     async def snap(request: Request) -> Response:
         await admin_ctx(request, "get_snapshot")
         host = request.query_params.get("host", "")
         if not host:
             raise BadRequest("host is required", type="HTTPBadRequest")
-        found = await api.read(lambda conn: snapshot.build(conn, host, down_after))
-        return json_response(snapshot.to_json(found))
+        return json_response(codec.encode(await api.channel.snapshot(host)))
 
     async def wait(request: Request) -> Response:
         await admin_ctx(request, "get_snapshot")
         after = _number(request, "after", int, "0", 0, 1 << 62)
         timeout = _number(request, "timeout", float, "25", 0.0, MAX_WAIT_SECONDS)
-        return json_response({"revision": await api.feed.wait(after, timeout)})
+        return json_response({"revision": await api.channel.wait(after, timeout)})
 
     async def port_status(request: Request) -> Response:
         await admin_ctx(request, "update_port:status")
-        host, active, down = parse_port_status(await api.body(request))
-        changed = await api.write(lambda conn: ports.set_status(conn, host, active, down))
-        return json_response({"changed": changed})
+        return json_response({"changed": await api.channel.port_status(parse_port_status(await api.body(request)))})
 
     return [
         Route("/v2.0/agents/{id}/dhcp-networks", guarded(agent_networks), methods=["GET", "POST"]),

@@ -48,9 +48,10 @@ from neutrino.errors import (
 
 if TYPE_CHECKING:
     from neutrino.identity import Identity
-from neutrino.services import agents, dhcp, networks, ports, subnets
+from neutrino.services import agents, networks, ports, subnets
 from neutrino.services.core import Core
 from neutrino.sync import snapshot
+from neutrino.sync.channel import Channel
 from neutrino.sync.feed import Feed
 
 log = logging.getLogger("neutrino.api")
@@ -135,6 +136,7 @@ class Api:
         self.base_url = cfg.public_url
         self.bindings = bindings(cfg)
         self.feed = Feed(lambda: self.read(snapshot.current_revision))
+        self.channel = Channel(self.core, self.read, self.write, self.feed)
 
     # -- plumbing -------------------------------------------------------------------------------------
     async def context(self, request: Request) -> RequestContext:
@@ -162,16 +164,6 @@ class Api:
         result = await run_in_threadpool(self.db.write, fn)
         self.feed.notify()
         return result
-
-    def agent_report(self, conn: Connection, rep: agents.AgentReport) -> str:
-        """Register or refresh an agent; a new or restarted one gets work scheduled and ports bound."""
-        agent_id, new = agents.report(conn, rep)
-        if new or rep.start_flag:
-            if rep.agent_type is agents.AgentType.DHCP:
-                dhcp.schedule_unscheduled(conn, self.core)
-            else:
-                ports.rebind_host(conn, self.core, rep.host)
-        return agent_id
 
     # -- collections ----------------------------------------------------------------------------------
     async def list(self, request: Request, b: Binding) -> Response:

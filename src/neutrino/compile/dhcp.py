@@ -18,9 +18,8 @@ from __future__ import annotations
 import ipaddress
 from dataclasses import dataclass
 
-from neutrino.agent.model import NetworkId, PortId, Snapshot, SubnetSpec
+from neutrino.intent.model import DeviceOwner, NetworkId, PortId, Snapshot, SubnetSpec
 
-DHCP_OWNER = "network:dhcp"
 LEASE_SECONDS = 86400
 
 
@@ -114,7 +113,7 @@ def compile_dhcp(snap: Snapshot, host: str) -> tuple[DhcpServerSpec, ...]:
     for net_id in sorted(snap.dhcp_networks):
         net = snap.networks.get(net_id)
         dhcp_port = next((p for p in sorted(snap.ports.values(), key=lambda p: p.id)
-                          if p.network_id == net_id and p.device_owner == DHCP_OWNER and p.host == host), None)
+                          if p.network_id == net_id and p.device_owner == DeviceOwner.DHCP and p.host == host), None)
         if net is None or dhcp_port is None:
             continue
         subs = sorted((s for s in snap.subnets.values() if s.network_id == net_id and s.enable_dhcp

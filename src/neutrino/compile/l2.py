@@ -12,8 +12,7 @@ from __future__ import annotations
 import ipaddress
 from collections.abc import Mapping
 
-from neutrino.agent.model import HostName, NetworkType, PortSpec, Snapshot
-from neutrino.compile.dhcp import DHCP_OWNER, compile_dhcp
+from neutrino.compile.dhcp import compile_dhcp
 from neutrino.compile.state import (
     BridgeSpec,
     HostState,
@@ -26,6 +25,7 @@ from neutrino.compile.state import (
     short,
     tap_name,
 )
+from neutrino.intent.model import COMPUTE_OWNER_PREFIX, DeviceOwner, HostName, NetworkType, PortSpec, Snapshot
 
 IPV6_MIN_MTU = 1280
 
@@ -81,7 +81,7 @@ def compile_host(snap: Snapshot, host: str, tunnel_ip: str,
         net = snap.networks.get(p.network_id)
         if net is None:
             continue
-        if p.device_owner == DHCP_OWNER:
+        if p.device_owner == DeviceOwner.DHCP:
             if p.network_id in served:
                 addresses = _port_interfaces(snap, p, dhcp_only=True)
                 if net.mtu < IPV6_MIN_MTU and any(a.version == 6 for a in addresses):
@@ -92,7 +92,7 @@ def compile_host(snap: Snapshot, host: str, tunnel_ip: str,
                     addresses = tuple(a for a in addresses if a.version == 4)
                 links.append(PortLinkSpec(p.id, tap_name(p.id), f"ns-{short(p.id)}", f"qdhcp-{p.network_id}",
                                           bridge_name(p.network_id), p.mac_address, net.mtu, addresses))
-        elif p.device_owner.startswith("compute:"):
+        elif p.device_owner.startswith(COMPUTE_OWNER_PREFIX):
             plugs.append(PlugSpec(p.id, tap_name(p.id), bridge_name(p.network_id), net.mtu, p.admin_state_up))
     return HostState(namespaces=tuple(sorted(link.namespace for link in links)), bridges=tuple(bridges),
                      vxlans=tuple(vxlans), vlans=tuple(vlans), plugs=tuple(plugs), port_links=tuple(links),

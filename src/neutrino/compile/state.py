@@ -5,8 +5,8 @@ from __future__ import annotations
 import ipaddress
 from dataclasses import dataclass
 
-from neutrino.agent.model import NetworkId, PortId
 from neutrino.compile.dhcp import DhcpServerSpec
+from neutrino.intent.model import NetworkId, PortId
 
 Interface = ipaddress.IPv4Interface | ipaddress.IPv6Interface
 

@@ -11,10 +11,10 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from neutrino.agent.model import PortId
 from neutrino.compile.state import HostState, PortLinkSpec
 from neutrino.dataplane import netlink as nl
 from neutrino.errors import KernelError
+from neutrino.intent.model import PortId
 
 FLOOD_MAC = "00:00:00:00:00:00"
 OWNED_NS_PREFIXES = ("qdhcp-",)

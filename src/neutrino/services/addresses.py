@@ -18,13 +18,12 @@ from sqlalchemy import Connection, select
 
 from neutrino.db.schema import ipallocations, subnets
 from neutrino.errors import BadRequest, Conflict, InvalidInput
+from neutrino.intent.model import ROUTER_OWNERS
 from neutrino.ipam.macs import eui64
 from neutrino.ipam.pools import IPAddress, Pool, usable_range, walk
 from neutrino.services.core import Core
 
 AUTO_ADDRESS_MODES = ("slaac", "dhcpv6-stateless")
-ROUTER_OWNERS = ("network:router_interface", "network:router_interface_distributed",
-                 "network:ha_router_replicated_interface", "network:router_gateway")
 BATCH = 64
 
 

@@ -5,8 +5,6 @@ from __future__ import annotations
 import datetime as dt
 import uuid
 from collections.abc import Sequence
-from dataclasses import dataclass
-from enum import StrEnum
 from typing import Any
 
 from sqlalchemy import Connection, delete, false, insert, select, true
@@ -15,28 +13,15 @@ from sqlalchemy import update as sql_update
 from neutrino.context import RequestContext
 from neutrino.db.schema import agents
 from neutrino.errors import MethodNotAllowed
+from neutrino.intent.model import AgentType
+from neutrino.intent.report import AgentReport
 from neutrino.services import standard
 from neutrino.services.core import Core
 
 BINARY = "neutrino-agent"
 
 
-class AgentType(StrEnum):
-    DHCP = "DHCP agent"
-    L2 = "Linux bridge agent"
-
-
 TOPICS = {AgentType.DHCP: "dhcp_agent", AgentType.L2: "N/A"}
-
-
-@dataclass(frozen=True, slots=True)
-class AgentReport:
-    """What a host's agent says about itself on every heartbeat."""
-    host: str
-    agent_type: AgentType
-    configurations: dict[str, Any]
-    availability_zone: str | None = "nova"
-    start_flag: bool = False  # the agent (re)started: started_at moves
 
 
 def scope(ctx: RequestContext) -> Any:

@@ -15,12 +15,12 @@ from sqlalchemy import Connection, delete, func, insert, select, true
 
 from neutrino.db.schema import agents, dhcp_bindings, ipallocations, networks, ports, subnets
 from neutrino.errors import Conflict
+from neutrino.intent.model import AgentType, DeviceOwner
 from neutrino.services import addresses, standard
 from neutrino.services import ports as port_service
-from neutrino.services.agents import AgentType, is_alive
+from neutrino.services.agents import is_alive
 from neutrino.services.core import Core
 
-DHCP_OWNER = "network:dhcp"
 log = logging.getLogger(__name__)
 
 
@@ -71,7 +71,7 @@ def reconcile_network(conn: Connection, core: Core, network_id: str) -> None:
         select(agents.c.host).join(dhcp_bindings, dhcp_bindings.c.agent_id == agents.c.id)
         .where(dhcp_bindings.c.network_id == network_id))}
     existing = conn.execute(select(ports).where(ports.c.network_id == network_id,
-                                                ports.c.device_owner == DHCP_OWNER)).all()
+                                                ports.c.device_owner == DeviceOwner.DHCP)).all()
     for port in existing:
         if port.binding_host_id not in hosts or not wanted_subnets:
             _delete_port(conn, port)
@@ -90,7 +90,7 @@ def _create_port(conn: Connection, core: Core, network_id: str, host: str, subne
     conn.execute(insert(ports).values(**standard.stamp_new({
         "id": port_id, "project_id": project_id, "name": "", "description": "", "network_id": network_id,
         "mac_address": mac, "admin_state_up": True, "status": "DOWN", "device_id": device_id(host, network_id),
-        "device_owner": DHCP_OWNER, "port_security_enabled": False, "security_groups": [],
+        "device_owner": DeviceOwner.DHCP.value, "port_security_enabled": False, "security_groups": [],
         "allowed_address_pairs": [], "extra_dhcp_opts": [], "binding_host_id": host,
         "binding_vnic_type": "normal", "binding_profile": {}, **port_service.binding(conn, core, host),
     })))
@@ -122,7 +122,7 @@ def _addresses(conn: Connection, core: Core, network_id: str, keep: list[tuple[s
     out = list(keep)
     for subnet_id in add:
         try:
-            out += addresses.allocate(core, conn, network_id, [{"subnet_id": subnet_id}], mac, DHCP_OWNER,
+            out += addresses.allocate(core, conn, network_id, [{"subnet_id": subnet_id}], mac, DeviceOwner.DHCP,
                                       keep=out)
         except Conflict:
             log.warning("no address left for the DHCP port of network %s on subnet %s", network_id, subnet_id)
@@ -160,6 +160,6 @@ def remove_network(conn: Connection, core: Core, agent_id: str, network_id: str)
     hosts = {r[0] for r in conn.execute(select(agents.c.host).join(
         dhcp_bindings, dhcp_bindings.c.agent_id == agents.c.id).where(dhcp_bindings.c.network_id == network_id))}
     for port in conn.execute(select(ports).where(ports.c.network_id == network_id,
-                                                 ports.c.device_owner == DHCP_OWNER)).all():
+                                                 ports.c.device_owner == DeviceOwner.DHCP)).all():
         if port.binding_host_id not in hosts:
             _delete_port(conn, port)

@@ -12,10 +12,9 @@ from neutrino.config import NetworkConfig
 from neutrino.context import RequestContext
 from neutrino.db.schema import ipallocations, networks, ports, subnets
 from neutrino.errors import Conflict, Forbidden, InUse, InvalidInput
+from neutrino.intent.model import DeviceOwner
 from neutrino.services import quotas, standard
 from neutrino.services.core import Core, guard_change, require_writer
-
-DHCP_OWNER = "network:dhcp"
 
 
 def scope(ctx: RequestContext) -> Any:
@@ -172,7 +171,7 @@ def update(core: Core, conn: Connection, ctx: RequestContext, network_id: str, d
     if values.get("shared") is False and row.shared:
         others = conn.execute(select(ports.c.id).where(
             ports.c.network_id == network_id, ports.c.project_id != row.project_id,
-            ports.c.device_owner != DHCP_OWNER).limit(1)).first()
+            ports.c.device_owner != DeviceOwner.DHCP).limit(1)).first()
         if others is not None:
             raise InUse(f"Unable to reconfigure sharing settings for network {network_id}. "
                         "Multiple tenants are using it.", type="InvalidSharedSetting")
@@ -187,7 +186,7 @@ def delete_(core: Core, conn: Connection, ctx: RequestContext, network_id: str, 
     row = fetch(conn, ctx, network_id)
     guard_change(ctx, row.project_id, "delete_network", row.revision_number, if_match)
     busy = conn.execute(select(ports.c.id).where(ports.c.network_id == network_id,
-                                                 ports.c.device_owner != DHCP_OWNER).limit(1)).first()
+                                                 ports.c.device_owner != DeviceOwner.DHCP).limit(1)).first()
     if busy is not None:
         raise InUse(f"Unable to complete operation on network {network_id}. "
                     "There are one or more ports still in use on the network.", type="NetworkInUse")

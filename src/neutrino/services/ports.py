@@ -11,6 +11,7 @@ from sqlalchemy import Connection, delete, insert, select, true
 from neutrino.context import RequestContext
 from neutrino.db.schema import ipallocations, networks, ports
 from neutrino.errors import Conflict, PolicyNotAuthorized
+from neutrino.intent.model import NETWORK_OWNER_PREFIX, AgentType
 from neutrino.ipam.macs import random_mac
 from neutrino.services import addresses, agents, quotas, standard
 from neutrino.services import networks as net_service
@@ -34,7 +35,7 @@ def binding(conn: Connection, core: Core, host: str) -> dict[str, Any]:
     """vif_type/vif_details for a port bound to ``host`` ('' = unbound): a live L2 agent there binds it."""
     if not host:
         return {"binding_vif_type": "unbound", "binding_vif_details": {}}
-    if not agents.alive_on_host(conn, core, host, agents.AgentType.L2):
+    if not agents.alive_on_host(conn, core, host, AgentType.L2):
         return {"binding_vif_type": "binding_failed", "binding_vif_details": {}}
     return {"binding_vif_type": "bridge", "binding_vif_details": dict(VIF_DETAILS)}
 
@@ -74,7 +75,7 @@ def _check_network_owner_attrs(ctx: RequestContext, net: Any, data: dict[str, An
         raise PolicyNotAuthorized(f"rule:{action}:allowed_address_pairs")
     if data.get("port_security_enabled") is False:
         raise PolicyNotAuthorized(f"rule:{action}:port_security_enabled")
-    if str(data.get("device_owner", "")).startswith("network:"):
+    if str(data.get("device_owner", "")).startswith(NETWORK_OWNER_PREFIX):
         raise PolicyNotAuthorized(f"rule:{action}:device_owner")
 
 

@@ -12,16 +12,16 @@ from sqlalchemy import Connection, delete, insert, select, true
 from neutrino.context import RequestContext
 from neutrino.db.schema import ipallocations, networks, ports, subnets
 from neutrino.errors import InUse, InvalidInput, PolicyNotAuthorized
+from neutrino.intent.model import ROUTER_OWNERS, DeviceOwner
 from neutrino.ipam.macs import eui64
 from neutrino.ipam.pools import Pool, PoolError, default_pools, usable_range, validate_pools
 from neutrino.services import dhcp, quotas, standard
 from neutrino.services import networks as net_service
-from neutrino.services.addresses import AUTO_ADDRESS_MODES, ROUTER_OWNERS
+from neutrino.services.addresses import AUTO_ADDRESS_MODES
 from neutrino.services.core import Core, guard_change, require_writer
 
 MAX_DNS_NAMESERVERS = 5
 MAX_HOST_ROUTES = 20
-DHCP_OWNER = "network:dhcp"
 
 
 def scope(ctx: RequestContext) -> Any:
@@ -191,9 +191,9 @@ def delete_(core: Core, conn: Connection, ctx: RequestContext, subnet_id: str, i
     guard_change(ctx, row.project_id, "delete_subnet", row.revision_number, if_match)
     auto = row.ip_version == 6 and row.ipv6_address_mode in AUTO_ADDRESS_MODES
     users = select(ipallocations.c.port_id).join(ports, ports.c.id == ipallocations.c.port_id).where(
-        ipallocations.c.subnet_id == subnet_id, ports.c.device_owner != DHCP_OWNER)
+        ipallocations.c.subnet_id == subnet_id, ports.c.device_owner != DeviceOwner.DHCP)
     if auto:
-        users = users.where(ports.c.device_owner.in_(ROUTER_OWNERS))
+        users = users.where(ports.c.device_owner.in_(sorted(ROUTER_OWNERS)))
     if conn.execute(users.limit(1)).first() is not None:
         raise InUse(f"Unable to complete operation on subnet {subnet_id}: One or more ports have an IP "
                     "allocation from this subnet.", type="SubnetInUse")

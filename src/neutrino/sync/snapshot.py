@@ -3,17 +3,18 @@
 A host needs: every network that has a port bound to it or is DHCP-scheduled to it; those networks'
 subnets and all their ports (dnsmasq serves every port of a network; VXLAN FDB entries name remote
 ports); the tunnel endpoints of the other hosts' L2 agents; and the feed revision it reflects.
-Also encodes/decodes snapshots as JSON for agents that talk to the server over HTTP.
+Its JSON form for remote agents is ``intent.codec``.
 """
 
 from __future__ import annotations
 
 import ipaddress
-from typing import Any
 
 from sqlalchemy import Connection, func, select, true
 
-from neutrino.agent.model import (
+from neutrino.db.schema import agents, changes, dhcp_bindings, ipallocations, networks, ports, subnets
+from neutrino.intent.model import (
+    AgentType,
     ExtraDhcpOpt,
     FixedIp,
     HostName,
@@ -29,8 +30,7 @@ from neutrino.agent.model import (
     SubnetId,
     SubnetSpec,
 )
-from neutrino.db.schema import agents, changes, dhcp_bindings, ipallocations, networks, ports, subnets
-from neutrino.services.agents import AgentType, is_alive
+from neutrino.services.agents import is_alive
 
 
 def current_revision(conn: Connection) -> int:
@@ -89,57 +89,3 @@ def build(conn: Connection, host: str, down_after: float) -> Snapshot:
             hosts[HostName(a.host)] = HostSpec(HostName(a.host), ipaddress.ip_address(tunnel))
     return Snapshot(revision=revision, networks=nets, subnets=subs, ports=prts,
                     dhcp_networks=frozenset(NetworkId(n) for n in dhcp_nets), hosts=hosts)
-
-
-# -- JSON wire form (server -> remote agents) ---------------------------------------------------------
-def to_json(snap: Snapshot) -> dict[str, Any]:
-    return {
-        "revision": snap.revision,
-        "networks": [{"id": n.id, "network_type": n.network_type.value, "segmentation_id": n.segmentation_id,
-                      "physical_network": n.physical_network, "mtu": n.mtu, "admin_state_up": n.admin_state_up}
-                     for n in snap.networks.values()],
-        "subnets": [{"id": s.id, "network_id": s.network_id, "cidr": str(s.cidr),
-                     "gateway_ip": str(s.gateway_ip) if s.gateway_ip else None, "enable_dhcp": s.enable_dhcp,
-                     "dns_nameservers": [str(d) for d in s.dns_nameservers],
-                     "host_routes": [{"destination": str(r.destination), "nexthop": str(r.nexthop)}
-                                     for r in s.host_routes],
-                     "ipv6_ra_mode": s.ipv6_ra_mode, "ipv6_address_mode": s.ipv6_address_mode}
-                    for s in snap.subnets.values()],
-        "ports": [{"id": p.id, "network_id": p.network_id, "mac_address": p.mac_address,
-                   "fixed_ips": [{"subnet_id": f.subnet_id, "ip_address": str(f.ip_address)} for f in p.fixed_ips],
-                   "device_owner": p.device_owner, "device_id": p.device_id, "host": p.host,
-                   "admin_state_up": p.admin_state_up, "dns_name": p.dns_name,
-                   "extra_dhcp_opts": [{"opt_name": o.opt_name, "opt_value": o.opt_value, "ip_version": o.ip_version}
-                                       for o in p.extra_dhcp_opts]}
-                  for p in snap.ports.values()],
-        "dhcp_networks": sorted(snap.dhcp_networks),
-        "hosts": [{"name": h.name, "tunnel_ip": str(h.tunnel_ip)} for h in snap.hosts.values()],
-    }
-
-
-def from_json(data: dict[str, Any]) -> Snapshot:
-    ip, net = ipaddress.ip_address, ipaddress.ip_network
-    return Snapshot(
-        revision=int(data["revision"]),
-        networks={NetworkId(n["id"]): NetworkSpec(
-            id=NetworkId(n["id"]), network_type=NetworkType(n["network_type"]),
-            segmentation_id=n["segmentation_id"], physical_network=n["physical_network"], mtu=n["mtu"],
-            admin_state_up=n["admin_state_up"]) for n in data["networks"]},
-        subnets={SubnetId(s["id"]): SubnetSpec(
-            id=SubnetId(s["id"]), network_id=NetworkId(s["network_id"]), cidr=net(s["cidr"]),
-            gateway_ip=ip(s["gateway_ip"]) if s["gateway_ip"] else None, enable_dhcp=s["enable_dhcp"],
-            dns_nameservers=tuple(ip(d) for d in s["dns_nameservers"]),
-            host_routes=tuple(HostRoute(net(r["destination"]), ip(r["nexthop"])) for r in s["host_routes"]),
-            ipv6_ra_mode=_mode(s["ipv6_ra_mode"]), ipv6_address_mode=_mode(s["ipv6_address_mode"]))
-            for s in data["subnets"]},
-        ports={PortId(p["id"]): PortSpec(
-            id=PortId(p["id"]), network_id=NetworkId(p["network_id"]), mac_address=p["mac_address"],
-            fixed_ips=tuple(FixedIp(SubnetId(f["subnet_id"]), ip(f["ip_address"])) for f in p["fixed_ips"]),
-            device_owner=p["device_owner"], device_id=p["device_id"],
-            host=HostName(p["host"]) if p["host"] else None, admin_state_up=p["admin_state_up"],
-            extra_dhcp_opts=tuple(ExtraDhcpOpt(o["opt_name"], o["opt_value"], o["ip_version"])
-                                  for o in p["extra_dhcp_opts"]), dns_name=p["dns_name"])
-            for p in data["ports"]},
-        dhcp_networks=frozenset(NetworkId(n) for n in data["dhcp_networks"]),
-        hosts={HostName(h["name"]): HostSpec(HostName(h["name"]), ip(h["tunnel_ip"])) for h in data["hosts"]},
-    )

@@ -1,8 +1,7 @@
 """The intent an agent holds: the part of the API's state that concerns its host.
 
-These are what the server's change feed delivers and what ``compile`` consumes. They are plain frozen
-data with ``ipaddress`` types — no DB rows, no HTTP dicts. The server builds them (sync/), the agent keeps
-a ``Snapshot`` of them, and the compilers turn a snapshot plus a host into desired kernel state.
+Plain frozen data with ``ipaddress`` types — no DB rows, no HTTP dicts. The server builds it (sync/), the
+agent keeps a ``Snapshot`` of it, and the compilers turn a snapshot plus a host into desired kernel state.
 """
 
 from __future__ import annotations
@@ -29,11 +28,27 @@ class NetworkType(StrEnum):
 
 
 class DeviceOwner(StrEnum):
+    """Who a port belongs to (``device_owner``): the one home of these strings."""
     DHCP = "network:dhcp"
     ROUTER_INTERFACE = "network:router_interface"
+    ROUTER_INTERFACE_DISTRIBUTED = "network:router_interface_distributed"
+    HA_ROUTER_INTERFACE = "network:ha_router_replicated_interface"
     ROUTER_GATEWAY = "network:router_gateway"
     FLOATINGIP = "network:floatingip"
     LAB = "compute:lab"
+
+
+# Ports that route (they choose their own addresses, e.g. the subnet's gateway).
+ROUTER_OWNERS = frozenset({DeviceOwner.ROUTER_INTERFACE, DeviceOwner.ROUTER_INTERFACE_DISTRIBUTED,
+                           DeviceOwner.HA_ROUTER_INTERFACE, DeviceOwner.ROUTER_GATEWAY})
+NETWORK_OWNER_PREFIX = "network:"  # owners that are the cloud's own devices, not a tenant's
+COMPUTE_OWNER_PREFIX = "compute:"  # instances (VMs, lab instances)
+
+
+class AgentType(StrEnum):
+    """The agents a host runs, as the agents API names them."""
+    DHCP = "DHCP agent"
+    L2 = "Linux bridge agent"
 
 
 class Ipv6Mode(StrEnum):

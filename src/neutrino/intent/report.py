@@ -1,0 +1,26 @@
+"""What an agent tells the server: who it is (every heartbeat) and which of its ports are wired."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from neutrino.intent.model import AgentType, PortId
+
+
+@dataclass(frozen=True, slots=True)
+class AgentReport:
+    """What a host's agent says about itself on every heartbeat."""
+    host: str
+    agent_type: AgentType
+    configurations: dict[str, Any] = field(default_factory=dict)
+    availability_zone: str | None = "nova"
+    start_flag: bool = False  # the agent (re)started: started_at moves
+
+
+@dataclass(frozen=True, slots=True)
+class PortStatus:
+    """An agent's ports on its host: wired (ACTIVE) and not (DOWN)."""
+    host: str
+    active: tuple[PortId, ...] = ()
+    down: tuple[PortId, ...] = ()

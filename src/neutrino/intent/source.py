@@ -1,0 +1,29 @@
+"""Where an agent gets its intent from and reports back to; the agent cannot tell the server's
+in-process implementation from the HTTP one."""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+from neutrino.intent.model import Snapshot
+from neutrino.intent.report import AgentReport, PortStatus
+
+
+class IntentSource(Protocol):
+    async def report(self, rep: AgentReport) -> str:
+        """Register or refresh the agent; returns its id."""
+        ...
+
+    async def wait(self, after: int, timeout: float) -> int:
+        """The feed's revision once it passes ``after`` (or when ``timeout`` runs out)."""
+        ...
+
+    async def snapshot(self, host: str) -> Snapshot:
+        """The complete intent of ``host``."""
+        ...
+
+    async def port_status(self, status: PortStatus) -> int:
+        """Report which of the host's ports are wired; returns how many changed."""
+        ...
+
+    async def aclose(self) -> None: ...

@@ -1,0 +1,66 @@
+"""The server side of the agent channel, in one place: register/heartbeat (with scheduling), wait for the
+feed, the host's snapshot, port status.
+
+``/agent-api/v1`` serves it over HTTP to remote agents, and ``neutrino up``'s own agent uses it directly
+as its ``IntentSource`` — the same code either way.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
+
+from sqlalchemy import Connection
+
+from neutrino.intent.model import AgentType, Snapshot
+from neutrino.intent.report import AgentReport, PortStatus
+from neutrino.services import agents, dhcp, ports
+from neutrino.services.core import Core
+from neutrino.sync import snapshot
+from neutrino.sync.feed import Feed
+
+T = TypeVar("T")
+Run = Callable[[Callable[[Connection], Any]], Awaitable[Any]]
+
+
+def register(conn: Connection, core: Core, rep: AgentReport) -> str:
+    """Register or refresh an agent; a new or restarted one gets work scheduled and its ports bound."""
+    agent_id, new = agents.report(conn, rep)
+    if new or rep.start_flag:
+        if rep.agent_type is AgentType.DHCP:
+            dhcp.schedule_unscheduled(conn, core)
+        else:
+            ports.rebind_host(conn, core, rep.host)
+    return agent_id
+
+
+class Channel:
+    """``read``/``write`` run a function in one read or write transaction (off the event loop); a write
+    wakes the feed."""
+
+    def __init__(self, core: Core, read: Run, write: Run, feed: Feed) -> None:
+        self.core = core
+        self._read = read
+        self._write = write
+        self.feed = feed
+
+    async def report(self, rep: AgentReport) -> str:
+        agent_id: str = await self._write(lambda conn: register(conn, self.core, rep))
+        return agent_id
+
+    async def wait(self, after: int, timeout: float) -> int:
+        return await self.feed.wait(after, timeout)
+
+    async def snapshot(self, host: str) -> Snapshot:
+        down_after = self.core.cfg.agent.agent_down_seconds
+        found: Snapshot = await self._read(lambda conn: snapshot.build(conn, host, down_after))
+        return found
+
+    async def port_status(self, status: PortStatus) -> int:
+        """How many of the host's ports changed status."""
+        changed: int = await self._write(lambda conn: ports.set_status(conn, status.host, status.active,
+                                                                      status.down))
+        return changed
+
+    async def aclose(self) -> None:
+        return None
