@@ -22,7 +22,7 @@ from neutrino.agent.loop import Agent, AgentSettings, DriverResult, Watch
 from neutrino.dataplane.dnsmasq import ExitWatch
 from neutrino.errors import KernelError
 from neutrino.intent.model import Snapshot
-from neutrino.intent.report import AgentReport
+from neutrino.intent.report import AgentReport, PortStatus
 
 
 class FakeSource:
@@ -52,8 +52,8 @@ class FakeSource:
         self.snapshots += 1
         return Snapshot(revision=self.revision)
 
-    async def port_status(self, host: str, active: list[str], down: list[str]) -> None:
-        return None
+    async def port_status(self, status: PortStatus) -> int:
+        return 0
 
     async def aclose(self) -> None:
         return None
