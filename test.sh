@@ -6,6 +6,8 @@ set -euo pipefail
 cd "$(dirname "$0")"
 scripts/install.sh --test
 export PYTHONDONTWRITEBYTECODE=1
+# Every test must run: a skip (no root, no PostgreSQL, no Keystone venv) fails the run (tests/conftest.py).
+export NEUTRINO_TEST_REQUIRE_ALL=1
 args=("$@")
 [ ${#args[@]} -eq 0 ] && args=(tests)
 exec .venv/bin/python -m pytest -n "${NEUTRINO_TEST_WORKERS:-4}" --dist loadgroup -q -p no:cacheprovider "${args[@]}"
