@@ -34,9 +34,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from bench.dhcp import agent_env, wired_networks  # noqa: E402
-from neutrino.agent.instances import SCRIPT  # noqa: E402
 from neutrino.dataplane import netlink as nl  # noqa: E402
 from neutrino.hosts import Host, Underlay  # noqa: E402
+from neutrino.lab.instances import SCRIPT  # noqa: E402
 from tests.api.conftest import start_server  # noqa: E402
 
 NEUTRINO = str(Path(sys.executable).parent / "neutrino")

@@ -10,8 +10,7 @@ import json
 import os
 import signal
 import sys
-import urllib.error
-import urllib.request
+import traceback
 from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -35,81 +34,122 @@ overridden from the environment as NEUTRINO_<SECTION>__<KEY>, e.g. NEUTRINO_API_
 """
 
 
-def _common(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--config", help="YAML configuration file")
-    p.add_argument("--state-dir", help="where the database, logs and runtime files live (default ./state)")
-    p.add_argument("--log-level", help="DEBUG, INFO, WARNING or ERROR")
-    p.add_argument("--log-format", choices=["text", "json"], help="log line format")
+GLOBAL_OPTIONS = ("config", "state_dir", "log_level", "log_format", "debug")
+
+
+def _global_options(*, top: bool) -> argparse.ArgumentParser:
+    """The options every command takes, before or after the command's name: ``neutrino --state-dir X
+    status`` and ``neutrino status --state-dir X`` are the same. Each level leaves an option it was not
+    given unset (SUPPRESS), so a value given at one level is never reset by the default of another."""
+    p = argparse.ArgumentParser(add_help=False, argument_default=argparse.SUPPRESS)
+    g = p.add_argument_group("global options (before or after the command)" if top else "global options")
+    g.add_argument("--config", metavar="FILE",
+                   help="YAML configuration file (default: $NEUTRINO_CONFIG, else <state-dir>/neutrino.yaml)")
+    g.add_argument("--state-dir", metavar="DIR",
+                   help="where the database, logs and runtime files live (default ./state)")
+    g.add_argument("--log-level", choices=["DEBUG", "INFO", "WARNING", "ERROR"], type=str.upper,
+                   help="log verbosity of up/server/agent/cleanup (default INFO)")
+    g.add_argument("--log-format", choices=["text", "json"], help="log line format (default text)")
+    g.add_argument("--debug", action="store_true", help="on an error, show the Python traceback too")
+    return p
+
+
+def _format_option(p: argparse.ArgumentParser, *choices: str) -> None:
+    p.add_argument("--format", choices=choices, default=choices[0],
+                   help=f"output format: {' or '.join(choices)} (default {choices[0]})")
 
 
 def parser() -> argparse.ArgumentParser:
+    common = [_global_options(top=False)]
     top = argparse.ArgumentParser(
         prog="neutrino", formatter_class=argparse.RawDescriptionHelpFormatter, epilog=EPILOG,
+        parents=[_global_options(top=True)],
         description="Networking as a service for Linux hosts, speaking the OpenStack Networking (Neutron) "
                     "v2.0 API.")
     top.add_argument("--version", action="version", version=f"neutrino {__version__}")
     sub = top.add_subparsers(dest="command", metavar="COMMAND")
 
-    up = sub.add_parser("up", help="run the all-in-one service (API server and host agent) on this machine",
-                        description="Run the API server and this host's agent in one process. The database "
-                                    "is created and migrated on start; a clouds.yaml entry named 'neutrino' "
-                                    "is written so `openstack --os-cloud neutrino ...` works at once.")
-    _common(up)
-    up.add_argument("--host", help="address to listen on (default 127.0.0.1)")
-    up.add_argument("--port", type=int, help="port to listen on (default 9696)")
-    up.add_argument("--clouds-yaml", default=str(Path.home() / ".config/openstack/clouds.yaml"),
+    def command(name: str, **kw: Any) -> argparse.ArgumentParser:
+        return sub.add_parser(name, parents=common, **kw)
+
+    up = command("up", help="run the all-in-one service (API server and host agent) on this machine",
+                 description="Run the API server and this host's agent in one process. The database is "
+                             "created and migrated on start; a clouds.yaml entry named 'neutrino' is written "
+                             "so `openstack --os-cloud neutrino ...` works at once.")
+    up.add_argument("--host", help="address to listen on (default 127.0.0.1; api.host)")
+    up.add_argument("--port", type=int, help="port to listen on (default 9696; api.port)")
+    up.add_argument("--clouds-yaml", default=str(Path.home() / ".config/openstack/clouds.yaml"), metavar="PATH",
                     help="where to write the 'neutrino' cloud entry (default %(default)s); '' to skip")
 
-    server = sub.add_parser("server", help="run only the API server (for multi-host deployments)")
-    _common(server)
-    server.add_argument("--host", help="address to listen on")
-    server.add_argument("--port", type=int, help="port to listen on")
+    server = command("server", help="run only the API server (for multi-host deployments)",
+                     description="Run the API server alone; run `neutrino agent` on each host. The database "
+                                 "is created and migrated on start.")
+    server.add_argument("--host", help="address to listen on (default 127.0.0.1; api.host)")
+    server.add_argument("--port", type=int, help="port to listen on (default 9696; api.port)")
 
-    status = sub.add_parser("status", help="say what is running and what is broken")
-    _common(status)
-    status.add_argument("--json", action="store_true", help="machine-readable output")
+    command("agent", help="run only this host's agent, against a remote server",
+            description="Run the host agent: it registers with the server at agent.server_url "
+                        "(NEUTRINO_AGENT__SERVER_URL), watches its change feed and makes this host's bridges, "
+                        "VXLAN, namespaces and dnsmasq match the intent.")
 
-    agent = sub.add_parser("agent", help="run only this host's agent, against a remote server",
-                           description="Run the host agent: it registers with the server at agent.server_url "
-                                       "(NEUTRINO_AGENT__SERVER_URL), watches its change feed and makes this "
-                                       "host's bridges, VXLAN, namespaces and dnsmasq match the intent.")
-    _common(agent)
+    status = command("status", help="say what is running and what is broken (exit 1 when anything is)",
+                     description="Report this state dir's process, the server's agents and resource counts "
+                                 "(asked as the identity admin) and the dnsmasq processes of this host; exit "
+                                 "status 1 when anything is wrong.")
+    _format_option(status, "table", "json")
+    status.add_argument("--json", action="store_const", dest="format", const="json", help="same as --format json")
 
-    inst = sub.add_parser("instance", help="lab instances: namespaces with a real DHCP client, wired like VMs",
-                          description="Lab instances stand in for VMs: a network namespace with a port on a "
-                                      "network, wired by this host's agent, configured by real DHCP.")
+    inst = command("instance", help="lab instances: namespaces with a real DHCP client, wired like VMs",
+                   description="Lab instances stand in for VMs on this host: a network namespace lab-NAME whose "
+                               "eth0 has a port on a network (device_owner compute:lab), wired by this host's "
+                               "agent and configured by real DHCP. Needs root and a running server.")
     isub = inst.add_subparsers(dest="action", metavar="ACTION", required=True)
-    ic = isub.add_parser("create", help="create an instance on a network and wait for its address")
-    _common(ic)
+    ic = isub.add_parser("create", parents=common, help="create an instance on a network and wait for its address")
     ic.add_argument("name", help="1-11 lower-case letters, digits, '-' (namespace lab-NAME)")
     ic.add_argument("--network", required=True, help="network name or id")
     ic.add_argument("--fixed-ip", action="append", metavar="IP", help="ask for this address (repeatable)")
-    ic.add_argument("--wait", type=float, default=30.0, help="seconds to wait for the DHCP address (0: no wait)")
-    il = isub.add_parser("list", help="list this host's instances and their live addresses")
-    _common(il)
-    ie = isub.add_parser("exec", help="run a command inside an instance: instance exec NAME -- ping -c1 10.0.0.3")
-    _common(ie)
+    ic.add_argument("--wait", type=float, default=30.0, metavar="SECONDS",
+                    help="seconds to wait for the DHCP address (0: no wait; default %(default)s)")
+    il = isub.add_parser("list", parents=common, help="list this host's instances and their live addresses")
+    _format_option(il, "table", "json")
+    ie = isub.add_parser("exec", parents=common,
+                         help="run a command inside an instance: instance exec NAME -- ping -c1 10.0.0.3",
+                         description="Run COMMAND in the instance's namespace; exits with its exit status.")
     ie.add_argument("name")
     ie.add_argument("argv", nargs=argparse.REMAINDER, metavar="-- COMMAND")
-    idel = isub.add_parser("delete", help="delete an instance and its port")
-    _common(idel)
+    idel = isub.add_parser("delete", parents=common, help="delete an instance and its port")
     idel.add_argument("name")
 
-    clean = sub.add_parser(
-        "cleanup", help="remove what this host's agent made (bridges, VXLAN, qdhcp namespaces, dnsmasq, instances)",
-        description="Stopping neutrino leaves this host's data path running on purpose (a restart must not cut "
-                    "traffic). Once it is stopped for good, this removes every bridge (brq*), VXLAN device "
-                    "(vxlan-*), qdhcp-* namespace, dnsmasq and lab instance it made. The intent in the database "
-                    "is untouched: the next start builds it all again.")
-    _common(clean)
+    command("cleanup",
+            help="remove what this host's agent made (bridges, VXLAN, qdhcp namespaces, dnsmasq, instances)",
+            description="Stopping neutrino leaves this host's data path running on purpose (a restart must not "
+                        "cut traffic). Once it is stopped for good, this removes every bridge (brq*), VXLAN "
+                        "device (vxlan-*), qdhcp-* namespace, dnsmasq and lab instance it made. The intent in the "
+                        "database is untouched: the next start builds it all again.")
 
-    db = sub.add_parser("db-upgrade", help="create or migrate the database to the current schema")
-    _common(db)
+    db = command("db", help="database maintenance: `neutrino db upgrade`",
+                 description="The database is database.url, or SQLite in the state dir when that is empty.")
+    dsub = db.add_subparsers(dest="action", metavar="ACTION", required=True)
+    dsub.add_parser("upgrade", parents=common, help="create or migrate the database to the current schema",
+                    description="Run the Alembic migrations up to the current schema (up and server also do "
+                                "this on start); safe to run again.")
+    sub.add_parser("db-upgrade", parents=common)  # the former name; not listed
 
-    clouds = sub.add_parser("clouds-yaml", help="print (or write) the clouds.yaml entry for this server")
-    _common(clouds)
-    clouds.add_argument("--write", metavar="PATH", help="merge the entry into this clouds.yaml")
+    clouds = command("clouds-yaml", help="print (or write) the clouds.yaml entry for this server",
+                     description="The 'neutrino' cloud for the openstack CLI and SDK, with the identity admin's "
+                                 "credentials (identity.admin_password, or the one generated in the state dir).")
+    clouds.add_argument("--write", metavar="PATH", help="merge the entry into this clouds.yaml (mode 0600)")
+    _format_option(clouds, "yaml", "json")
     return top
+
+
+def parse(argv: list[str] | None = None) -> argparse.Namespace:
+    """Parsed arguments; a global option given nowhere is None (False for --debug)."""
+    args = parser().parse_args(argv)
+    for name in GLOBAL_OPTIONS:
+        if not hasattr(args, name):
+            setattr(args, name, False if name == "debug" else None)
+    return args
 
 
 def _load(args: argparse.Namespace) -> config.Config:
@@ -224,8 +264,8 @@ def _running(cfg: config.Config) -> int | None:
 def cmd_cleanup(cfg: config.Config) -> int:
     from neutrino.agent import runtime
     from neutrino.agent.drivers import HostDriver
-    from neutrino.agent.instances import Instances
     from neutrino.intent.model import Snapshot
+    from neutrino.lab.instances import Instances
 
     pid = _running(cfg)
     if pid is not None:
@@ -253,15 +293,17 @@ def cmd_cleanup(cfg: config.Config) -> int:
 
 
 def _probe(cfg: config.Config) -> dict[str, object]:
-    """Ask the running server what it knows: agents (alive or not) and resource counts."""
-    from neutrino import lab
+    """Ask the running server what it knows: its API versions, agents (alive or not), resource counts."""
+    from neutrino.client import for_config
 
     async def run() -> dict[str, object]:
-        api = lab.Api(cfg)
-        agents = (await api.call("GET", "/v2.0/agents"))["agents"]
-        counts = {c: len((await api.call("GET", f"/v2.0/{c}", params={"fields": "id"}))[c])
-                  for c in ("networks", "subnets", "ports")}
-        return {"agents": [{"host": a["host"], "type": a["agent_type"], "alive": a["alive"]} for a in agents],
+        async with for_config(cfg) as api:
+            versions = (await api.call("GET", "/", anonymous=True))["versions"]
+            agents = (await api.call("GET", "/v2.0/agents"))["agents"]
+            counts = {c: len((await api.call("GET", f"/v2.0/{c}", params={"fields": "id"}))[c])
+                      for c in ("networks", "subnets", "ports")}
+        return {"api": {"reachable": True, "versions": [v["id"] for v in versions]},
+                "agents": [{"host": a["host"], "type": a["agent_type"], "alive": a["alive"]} for a in agents],
                 "counts": counts}
 
     return asyncio.run(run())
@@ -275,30 +317,29 @@ def _dnsmasq(cfg: config.Config) -> list[dict[str, object]]:
 
 
 def cmd_status(args: argparse.Namespace, cfg: config.Config) -> int:
-    """What runs, what the server knows, what is broken; exit 1 when anything is."""
+    """What runs, what the server knows, what is broken; exit 1 when anything is. A server that cannot be
+    reached or refuses the credentials is one of the problems listed, not a failure of the command."""
     report: dict[str, Any] = {"state_dir": str(Path(cfg.state_dir).resolve()), "url": cfg.public_url,
-                              "process": None, "agents": [], "counts": {}}
+                              "process": None, "api": {"reachable": False}, "agents": [], "counts": {}}
     problems: list[str] = []
     pid_file = Path(cfg.state_dir) / "neutrino.pid"
-    if pid_file.exists():
+    with contextlib.suppress(OSError, ValueError):
         pid, _, url = pid_file.read_text().partition("\n")
-        alive = Path(f"/proc/{pid.strip()}").exists()
+        alive = Path(f"/proc/{int(pid)}").exists()
         report["process"] = {"pid": int(pid), "alive": alive}
         report["url"] = url.strip() or cfg.public_url
         if not alive:
             problems.append(f"process {pid.strip()} is gone (stale pid file)")
     try:
-        with urllib.request.urlopen(f"{report['url']}/", timeout=3) as resp:
-            report["api"] = {"reachable": True, "versions": [v["id"] for v in json.load(resp)["versions"]]}
         report.update(_probe(cfg))
-    except (urllib.error.URLError, OSError, ValueError, KeyError, NeutrinoError) as exc:
-        report.setdefault("api", {"reachable": False, "error": str(exc)})
-        problems.append(f"API at {report['url']}: {exc}")
+    except (NeutrinoError, KeyError, TypeError) as exc:
+        report["api"] = {"reachable": False, "error": str(exc)}
+        problems.append(f"API: {exc}")
     report["dnsmasq"] = _dnsmasq(cfg)
     problems += [f"{a['type']} on {a['host']} is not reporting (dead?)" for a in report["agents"] if not a["alive"]]
     problems += [f"dnsmasq for network {d['network']} is not running" for d in report["dnsmasq"] if not d["running"]]
     report["problems"] = problems
-    if args.json:
+    if args.format == "json":
         print(json.dumps(report, indent=2))
         return 0 if not problems else 1
     print(f"neutrino at {report['url']} (state {report['state_dir']})")
@@ -317,48 +358,142 @@ def cmd_status(args: argparse.Namespace, cfg: config.Config) -> int:
     return 0 if not problems else 1
 
 
-def main(argv: list[str] | None = None) -> int:
-    faulthandler.register(signal.SIGUSR1, all_threads=True)  # `kill -USR1` prints every thread's stack
-    p = parser()
-    args = p.parse_args(argv)
-    if not args.command:
-        p.print_help()
-        return 2
+def table(rows: list[dict[str, Any]], columns: list[str]) -> str:
+    """Rows as an aligned text table with a header; lists are joined with ', ', empty cells are '-'."""
+    def cell(v: Any) -> str:
+        text = ", ".join(map(str, v)) if isinstance(v, list | tuple) else str(v)
+        return text if text and v is not None else "-"
+
+    cells = [[c.upper() for c in columns]] + [[cell(r[c]) for c in columns] for r in rows]
+    widths = [max(len(line[i]) for line in cells) for i in range(len(columns))]
+    return "\n".join("  ".join(v.ljust(w) for v, w in zip(line, widths, strict=True)).rstrip() for line in cells)
+
+
+def cmd_instance(args: argparse.Namespace, cfg: config.Config) -> int:
+    from neutrino.lab import lifecycle
+
+    inst = lifecycle.instances(cfg)
+    if args.action == "create":
+        spec = asyncio.run(lifecycle.create(cfg, args.name, args.network, args.fixed_ip or [], args.wait))
+        got = inst.address(spec.name)
+        print(f"instance {spec.name}: port {spec.port_id}, {', '.join(got) or 'no address yet'} "
+              f"({'DHCP' if spec.dhcp else 'static'})")
+    elif args.action == "list":
+        rows = [{"name": s.name, "port_id": s.port_id, "network_id": s.network_id, "addresses": list(s.addresses),
+                 "config": "dhcp" if s.dhcp else "static", "live_addresses": inst.address(s.name)}
+                for s in inst.all()]
+        print(json.dumps(rows, indent=2) if args.format == "json" else
+              table(rows, ["name", "port_id", "addresses", "config", "live_addresses"]))
+    elif args.action == "exec":
+        if inst.load(args.name) is None:
+            raise NeutrinoError(f"instance {args.name} not found (see `neutrino instance list`)")
+        argv = args.argv[1:] if args.argv[:1] == ["--"] else args.argv
+        if not argv:
+            raise NeutrinoError("no command given: neutrino instance exec NAME -- COMMAND [ARG...]")
+        return inst.exec(args.name, argv).returncode
+    elif args.action == "delete":
+        spec = asyncio.run(lifecycle.delete(cfg, args.name))
+        print(f"instance {spec.name} deleted (port {spec.port_id})")
+    return 0
+
+
+def _display_url(url: str) -> str:
+    """A database URL without its password, for messages."""
+    head, at, tail = url.rpartition("@")
+    if not at or "://" not in head:
+        return url
+    scheme, _, creds = head.partition("://")
+    return f"{scheme}://{creds.split(':')[0]}:***@{tail}" if ":" in creds else url
+
+
+def cmd_db_upgrade(cfg: config.Config) -> int:
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from neutrino.db.engine import Database
+    from neutrino.db.migrate import upgrade
+
+    where = _display_url(cfg.database_url)
+    db = Database(cfg.database_url)
     try:
-        cfg = _load(args)
-        if args.command == "up":
-            return cmd_up(args, cfg, with_agent=True)
-        if args.command == "server":
-            args.clouds_yaml = ""
-            return cmd_up(args, cfg, with_agent=False)
-        if args.command == "instance":
-            from neutrino import lab
-            return lab.main(cfg, args.action, args)
-        if args.command == "agent":
-            return cmd_agent(cfg)
-        if args.command == "status":
-            return cmd_status(args, cfg)
-        if args.command == "cleanup":
-            return cmd_cleanup(cfg)
-        if args.command == "db-upgrade":
-            from neutrino.db.engine import Database
-            from neutrino.db.migrate import upgrade
-            upgrade(Database(cfg.database_url))
-            print(f"database at {cfg.database_url} is at the current schema")
-            return 0
-        if args.command == "clouds-yaml":
-            from neutrino import server
-            if args.write:
-                print(server.write_clouds_yaml(cfg, Path(args.write)))
-            else:
-                import yaml
-                print(yaml.safe_dump({"clouds": {"neutrino": server.clouds_entry(cfg)}}, sort_keys=False))
-            return 0
-    except ConfigError as exc:
-        print(f"neutrino: configuration error: {exc}", file=sys.stderr)
+        upgrade(db)
+    except SQLAlchemyError as exc:
+        first = str(getattr(exc, "orig", None) or exc).strip().splitlines()[0]
+        raise NeutrinoError(f"database at {where}: {first}") from exc
+    finally:
+        db.dispose()
+    print(f"database at {where} is at the current schema")
+    return 0
+
+
+def cmd_clouds_yaml(args: argparse.Namespace, cfg: config.Config) -> int:
+    from neutrino import server
+
+    if args.write:
+        print(server.write_clouds_yaml(cfg, Path(args.write)))
+        return 0
+    doc = {"clouds": {"neutrino": server.clouds_entry(cfg)}}
+    if args.format == "json":
+        print(json.dumps(doc, indent=2))
+    else:
+        import yaml
+        print(yaml.safe_dump(doc, sort_keys=False), end="")
+    return 0
+
+
+def run(args: argparse.Namespace) -> int:
+    cfg = _load(args)
+    if args.command == "up":
+        return cmd_up(args, cfg, with_agent=True)
+    if args.command == "server":
+        args.clouds_yaml = ""
+        return cmd_up(args, cfg, with_agent=False)
+    if args.command == "instance":
+        return cmd_instance(args, cfg)
+    if args.command == "agent":
+        return cmd_agent(cfg)
+    if args.command == "status":
+        return cmd_status(args, cfg)
+    if args.command == "cleanup":
+        return cmd_cleanup(cfg)
+    if args.command in ("db", "db-upgrade"):
+        return cmd_db_upgrade(cfg)
+    if args.command == "clouds-yaml":
+        return cmd_clouds_yaml(args, cfg)
+    raise AssertionError(f"unknown command {args.command}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run one command. Every error ends as one line on stderr and a non-zero exit status (2: usage or
+    configuration, 1: anything else); ``--debug`` adds the traceback."""
+    with contextlib.suppress(OSError):  # no stderr file descriptor (e.g. captured): no stack dumps either
+        faulthandler.register(signal.SIGUSR1, all_threads=True)  # `kill -USR1` prints every thread's stack
+    args = parse(argv)
+    if not args.command:
+        parser().print_help()
         return 2
-    p.print_help()
-    return 2
+    name = " ".join(str(w) for w in (args.command, getattr(args, "action", None)) if w)
+    try:
+        return run(args)
+    except KeyboardInterrupt:
+        return 130
+    except Exception as exc:
+        if args.debug:
+            traceback.print_exc()
+        if isinstance(exc, ConfigError):
+            print(f"neutrino: configuration error: {_one_line(exc)}", file=sys.stderr)
+            return 2
+        print(f"neutrino {name}: {_one_line(exc)}", file=sys.stderr)
+        return 1
+
+
+def _one_line(exc: BaseException) -> str:
+    if isinstance(exc, NeutrinoError | ValueError | TimeoutError):
+        text = str(exc)
+    elif isinstance(exc, OSError) and exc.strerror:
+        text = f"{exc.strerror}" + (f": {exc.filename}" if exc.filename else "")
+    else:  # not expected: say what it was, --debug shows where
+        text = f"unexpected {type(exc).__name__}: {exc} (run again with --debug for the traceback)"
+    return " ".join(text.split()) or type(exc).__name__
 
 
 if __name__ == "__main__":

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from neutrino.agent.instances import SCRIPT
+from neutrino.lab.instances import SCRIPT
 from tests.integration.conftest import Lab
 
 # Kernel tests share one xdist worker: its end-of-session leak check then sees only its own objects.

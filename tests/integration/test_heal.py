@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from neutrino.agent.instances import SCRIPT
+from neutrino.lab.instances import SCRIPT
 from tests.integration.conftest import Agent, Lab
 
 pytestmark = pytest.mark.xdist_group(name="kernel")

@@ -8,7 +8,8 @@ import socket
 from pathlib import Path
 
 from neutrino.agent.loop import Agent, AgentSettings, Driver
-from neutrino.agent.source import HttpSource, password_token
+from neutrino.agent.source import HttpSource
+from neutrino.client import agent_credentials
 from neutrino.config import Config
 from neutrino.intent.source import IntentSource
 
@@ -49,12 +50,7 @@ def build(cfg: Config, source: IntentSource | None = None) -> Agent:
     if source is None:
         if not cfg.agent.server_url:
             raise ValueError("agent.server_url is required for a stand-alone agent")
-        base, path = (cfg.agent.auth_url, "") if cfg.agent.auth_url else (cfg.agent.server_url, "/identity/v3")
-
-        async def token() -> str:
-            return await password_token(base, path, cfg.agent.username, cfg.agent.password, cfg.agent.project)
-
-        source = HttpSource(cfg.agent.server_url, token)
+        source = HttpSource(cfg.agent.server_url, agent_credentials(cfg))
     return Agent(source, s, drivers(cfg, s))
 
 

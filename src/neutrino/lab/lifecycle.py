@@ -1,0 +1,125 @@
+"""Lab instances driven through the API as a hypervisor drives a user's VM.
+
+Creating one makes its port on the server (the local socket of ``neutrino up``, or ``agent.server_url``;
+device_owner ``compute:lab``, bound to this host), then the kernel side (``lab.instances``); deleting
+one removes both. ``neutrino instance …`` (cli.py) prints what these return.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ipaddress
+import socket
+import sys
+import uuid
+from pathlib import Path
+from typing import Any
+
+from neutrino.client import Client, ClientError, for_config
+from neutrino.config import Config
+from neutrino.errors import NeutrinoError
+from neutrino.intent.model import DeviceOwner
+from neutrino.lab.instances import Instances, InstanceSpec, check_name
+
+OWNER = DeviceOwner.LAB.value
+
+
+async def _network(api: Client, ref: str) -> dict[str, Any]:
+    with contextlib.suppress(ValueError):
+        uuid.UUID(ref)
+        try:
+            found: dict[str, Any] = (await api.call("GET", f"/v2.0/networks/{ref}"))["network"]
+            return found
+        except ClientError as exc:
+            if exc.status != 404:
+                raise
+    nets = (await api.call("GET", "/v2.0/networks", params={"name": ref}))["networks"]
+    if len(nets) != 1:
+        raise NeutrinoError(f"network {ref!r}: {'not found' if not nets else 'ambiguous name'}")
+    return dict(nets[0])
+
+
+def instances(cfg: Config) -> Instances:
+    """This state dir's lab instances (kernel side and bookkeeping)."""
+    return Instances(Path(cfg.state_dir).resolve() / "agent")
+
+
+async def create(cfg: Config, name: str, network: str, fixed_ips: list[str], wait: float) -> InstanceSpec:
+    check_name(name)
+    inst = instances(cfg)
+    if inst.load(name) is not None:
+        raise NeutrinoError(f"instance {name} exists")
+    async with for_config(cfg) as api:
+        return await _create(api, inst, cfg, name, network, fixed_ips, wait)
+
+
+async def _create(api: Client, inst: Instances, cfg: Config, name: str, network: str, fixed_ips: list[str],
+                  wait: float) -> InstanceSpec:
+    net = await _network(api, network)
+    host = cfg.agent.host or socket.gethostname()
+    body: dict[str, Any] = {"network_id": net["id"], "name": name, "device_owner": OWNER,
+                            "device_id": str(uuid.uuid5(uuid.NAMESPACE_DNS, f"{host}/{name}")),
+                            "binding:host_id": host}
+    if fixed_ips:
+        body["fixed_ips"] = [{"ip_address": ip} for ip in fixed_ips]
+    port = (await api.call("POST", "/v2.0/ports", json={"port": body}))["port"]
+    try:
+        subnets = {s["id"]: s for s in (await api.call("GET", "/v2.0/subnets",
+                                                       params={"network_id": net["id"]}))["subnets"]}
+        mine = [subnets[f["subnet_id"]] for f in port["fixed_ips"]]
+        v4 = [s for s in mine if s["ip_version"] == 4]
+        spec = InstanceSpec(
+            name=name, port_id=port["id"], network_id=net["id"], mac=port["mac_address"], mtu=net["mtu"],
+            addresses=tuple(f"{f['ip_address']}/{ipaddress.ip_network(subnets[f['subnet_id']]['cidr']).prefixlen}"
+                            for f in port["fixed_ips"]),
+            gateway=v4[0]["gateway_ip"] if v4 else None, dhcp=any(s["enable_dhcp"] for s in v4),
+            dhcp6=any(s["enable_dhcp"] and (s["ipv6_address_mode"] or "dhcpv6-stateful") == "dhcpv6-stateful"
+                      for s in mine if s["ip_version"] == 6))
+        # pyroute2 runs its own event loop: kernel work happens off this one.
+        await asyncio.to_thread(inst.create, spec)
+    except BaseException:
+        await asyncio.to_thread(inst.delete, name)
+        with contextlib.suppress(ClientError):  # the first error is the one to report
+            await api.call("DELETE", f"/v2.0/ports/{port['id']}")
+        raise
+    if spec.dhcp or spec.dhcp6:
+        await _wait_active(api, port["id"], 10.0)
+    if spec.dhcp:
+        await asyncio.to_thread(inst.start_dhcp, spec)
+    if spec.dhcp6:
+        await asyncio.to_thread(inst.start_dhcp, spec, 6)
+    if wait and spec.dhcp and v4:
+        ip = next(f["ip_address"] for f in port["fixed_ips"] if f["subnet_id"] == v4[0]["id"])
+        await asyncio.to_thread(inst.wait_for_address, name, ip, wait)
+    return spec
+
+
+async def _wait_active(api: Client, port_id: str, timeout: float) -> None:
+    """The agent plugs the tap and reports the port ACTIVE; DHCP before that would shout into the void."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while (await api.call("GET", f"/v2.0/ports/{port_id}", params={"fields": "status"}))["port"]["status"] \
+            != "ACTIVE":
+        if loop.time() > deadline:
+            print(f"warning: port {port_id} is not ACTIVE after {timeout:.0f} s: is this host's agent running?",
+                  file=sys.stderr)
+            return
+        await asyncio.sleep(0.02)
+
+
+async def delete(cfg: Config, name: str) -> InstanceSpec:
+    """Delete the instance's port (gone already is fine), then its namespace and tap. The port goes first:
+    when the server cannot be reached nothing is removed, and the same command can be run again."""
+    inst = instances(cfg)
+    spec = inst.load(check_name(name))
+    if spec is None:
+        raise NeutrinoError(f"instance {name} not found")
+    async with for_config(cfg) as api:
+        try:
+            await api.call("DELETE", f"/v2.0/ports/{spec.port_id}")
+        except ClientError as exc:
+            if exc.status != 404:
+                raise
+    await asyncio.to_thread(inst.delete, name)
+    return spec
