@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Install what neutrino needs on a Debian machine: system packages, then a Python venv in .venv.
-#   scripts/install.sh          runtime only (what `neutrino up` needs)
-#   scripts/install.sh --test   also the test tools: openstack CLI + SDK, pytest, PostgreSQL, Keystone
+#   scripts/install.sh          runtime: what `neutrino up` needs, and the openstack CLI to talk to it
+#   scripts/install.sh --test   also the test tools: SDK, pytest, mypy, ruff, PostgreSQL, Keystone
 # Idempotent and quick when everything is already there.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -33,13 +33,23 @@ if [ ! -x .venv/bin/python ]; then
   $PY -m venv .venv
   .venv/bin/pip install -q -U pip
 fi
+# The stamp lists the extras installed ("client", "client,test"); a wanted extra missing from it, or a
+# pyproject.toml newer than it, reinstalls (keeping the extras there were: a runtime install after a test one
+# must not flip-flop). "client" is the openstack CLI, what the README's first example runs.
 stamp=.venv/.neutrino-installed
-extras=""
-[ $want_test = 1 ] && extras="[test]"
-if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ] || ! grep -qx "$extras" "$stamp" 2>/dev/null; then
-  say "installing neutrino$extras into .venv"
-  .venv/bin/pip install -q -e ".$extras"
-  echo "$extras" > "$stamp"
+wanted=(client)
+[ $want_test = 1 ] && wanted+=(test)
+have=$(cat "$stamp" 2>/dev/null || true)
+install=0
+if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then install=1; fi
+for e in "${wanted[@]}"; do
+  grep -qw -- "$e" <<<"$have" || install=1
+done
+if [ $install = 1 ]; then
+  all=$(printf '%s\n' "${wanted[@]}" $(tr ',[]' '   ' <<<"$have") | grep -x 'client\|test' | sort -u | paste -sd, -)
+  say "installing neutrino[$all] into .venv"
+  .venv/bin/pip install -q -e ".[$all]"
+  echo "$all" > "$stamp"
 fi
 
 if [ $want_test = 1 ]; then
@@ -54,3 +64,4 @@ if [ $want_test = 1 ]; then
   fi
 fi
 say "ready: .venv/bin/neutrino"
+say "openstack CLI: .venv/bin/openstack (or \`source .venv/bin/activate\` to have both on your PATH)"
