@@ -1,10 +1,14 @@
-"""The builtin token lifecycle on a real SQLite file, without HTTP: issue, validate, cache, revoke, expire."""
+"""The builtin token lifecycle on a real SQLite file, without HTTP: issue, validate, cache, revoke, expire.
+
+Time is a fake clock the tests advance: expiry and cache rules are checked to the second, never by sleeping.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import datetime as dt
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +21,7 @@ from neutrino.db.schema import metadata
 from neutrino.errors import Unauthorized
 from neutrino.identity import schema, store
 from neutrino.identity.builtin import BuiltinIdentity
-from neutrino.identity.cache import TokenCache, token_key
+from neutrino.identity.cache import token_key
 from neutrino.identity.wire import KeystoneError
 
 
@@ -31,12 +35,20 @@ def db(tmp_path: Path) -> Iterator[Database]:
         database.dispose()
 
 
-def make(db: Database, **identity: Any) -> BuiltinIdentity:
+@dataclass
+class FakeClock:
+    now: float = 1_700_000_000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def make(db: Database, clock: FakeClock | None = None, **identity: Any) -> BuiltinIdentity:
     cfg = Config()
     cfg.identity.admin_password = "pw"
     for key, value in identity.items():
         setattr(cfg.identity, key, value)
-    ident = BuiltinIdentity(cfg, db)
+    ident = BuiltinIdentity(cfg, db, clock or FakeClock())
     ident.bootstrap()
     return ident
 
@@ -86,23 +98,47 @@ def test_issue_validate_revoke(db: Database) -> None:
 
 
 def test_cached_contexts_are_rechecked_after_the_interval(db: Database) -> None:
-    ident = make(db, cache_seconds=30)
-    now = [1_000_000.0]
-    ident.cache = TokenCache(100, clock=lambda: now[0])
+    clock = FakeClock()
+    ident = make(db, clock, cache_seconds=30)
     token, _ = ident.tokens.issue(password())
     authenticate(ident, token)
     # Revoked behind this server's back (as by another API server on the same database):
     db.write(lambda conn: store.revoke_token(conn, token_key(token)))
+    clock.now += 29
     assert authenticate(ident, token).is_admin  # the cache still trusts it...
-    now[0] += 31
+    clock.now += 1
     with pytest.raises(Unauthorized):  # ...until the recheck interval has passed
         authenticate(ident, token)
+
+
+def test_a_token_ends_at_its_ttl_even_when_cached(db: Database) -> None:
+    clock = FakeClock()
+    ident = make(db, clock, token_ttl_seconds=120, cache_seconds=3600)
+    token, body = ident.tokens.issue(password())
+    assert body["token"]["expires_at"] == "2023-11-14T22:15:20.000000Z"  # the fake now + 120 s
+    authenticate(ident, token)  # cached from here on
+    clock.now += 119
+    assert authenticate(ident, token).is_admin and ident.tokens.lookup(token) is not None
+    child, child_body = ident.tokens.issue({"identity": {"methods": ["token"], "token": {"id": token}}})
+    assert child_body["token"]["expires_at"] == body["token"]["expires_at"]  # never outlives its parent
+    clock.now += 1
+    for expired in (token, child):
+        with pytest.raises(Unauthorized):  # the cache entry ends with the token, not at cache_seconds
+            authenticate(ident, expired)
+        assert ident.tokens.lookup(expired) is None
+    with pytest.raises(KeystoneError) as refused:  # nor can it be re-scoped
+        ident.tokens.issue({"identity": {"methods": ["token"], "token": {"id": token}}})
+    assert refused.value.code == 401
+    # A new token, issued at the fake now, lives its own 120 s.
+    fresh, _ = ident.tokens.issue(password())
+    clock.now += 119
+    assert authenticate(ident, fresh).is_admin
 
 
 def test_expired_tokens_are_refused(db: Database) -> None:
     ident = make(db)
     token, _ = ident.tokens.issue(password())
-    past = store.utcnow() - dt.timedelta(seconds=1)
+    past = ident.tokens.now() - dt.timedelta(seconds=1)
     db.write(lambda conn: conn.execute(schema.tokens.update().values(expires_at=past)))
     ident.forget(token)
     with pytest.raises(Unauthorized):
@@ -115,7 +151,7 @@ def test_expired_tokens_are_refused(db: Database) -> None:
 def test_rescoped_token_keeps_scope_and_never_outlives_its_parent(db: Database) -> None:
     ident = make(db, token_ttl_seconds=3600)
     token, body = ident.tokens.issue(password())
-    soon = store.utcnow() + dt.timedelta(seconds=120)
+    soon = ident.tokens.now() + dt.timedelta(seconds=120)
     db.write(lambda conn: conn.execute(schema.tokens.update().values(expires_at=soon)))
     child, child_body = ident.tokens.issue({"identity": {"methods": ["token"], "token": {"id": token}}})
     assert child_body["token"]["project"] == body["token"]["project"]

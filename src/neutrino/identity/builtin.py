@@ -11,6 +11,7 @@ server on the same database show within that time, those made here at once) and 
 from __future__ import annotations
 
 import datetime as dt
+import time
 from collections.abc import Mapping
 from typing import Any
 
@@ -25,7 +26,7 @@ from neutrino.context import RequestContext
 from neutrino.db.engine import Database
 from neutrino.errors import Unauthorized
 from neutrino.identity import credentials, store
-from neutrino.identity.cache import TokenCache, token_key
+from neutrino.identity.cache import Clock, TokenCache, token_key
 from neutrino.identity.passwords import hash_password, verify_password
 from neutrino.identity.tokens import Resolved, TokenIssuer
 from neutrino.identity.wire import (
@@ -46,11 +47,11 @@ VERSION_UPDATED = "2020-04-07T00:00:00Z"
 
 
 class BuiltinIdentity:
-    def __init__(self, cfg: Config, db: Database) -> None:
+    def __init__(self, cfg: Config, db: Database, clock: Clock = time.time) -> None:
         self.cfg = cfg
         self.db = db
-        self.tokens = TokenIssuer(cfg, db)
-        self.cache: TokenCache[RequestContext] = TokenCache(CACHE_SIZE)
+        self.tokens = TokenIssuer(cfg, db, clock)
+        self.cache: TokenCache[RequestContext] = TokenCache(CACHE_SIZE, clock)
         self.recheck_seconds = float(cfg.identity.cache_seconds)
         mount = Mount("/identity", routes=self._routes())
         mount.path_regex = any_char(mount.path_regex)
@@ -90,7 +91,7 @@ class BuiltinIdentity:
                     store.update_user(conn, user_id, enabled=True)
             admin = store.list_roles(conn, name="admin")[0]
             store.grant(conn, user_id, project_id, admin.id)
-            store.purge_expired_tokens(conn, store.utcnow())
+            store.purge_expired_tokens(conn, self.tokens.now())
 
         self.db.write(run)
 

@@ -3,10 +3,14 @@
 An entry is trusted until its own deadline (the earlier of the token's expiry and the recheck interval),
 so an expired token is never served from the cache. When full, expired entries go first, then the oldest
 tenth. Used from the event loop only, so it needs no lock.
+
+Time comes from a ``Clock`` (wall-clock seconds since the epoch, as token expiries are), ``time.time``
+unless a test passes a fake one that it advances instead of sleeping.
 """
 
 from __future__ import annotations
 
+import datetime as dt
 import hashlib
 import time
 from collections.abc import Callable
@@ -14,13 +18,20 @@ from typing import Generic, TypeVar
 
 T = TypeVar("T")
 
+Clock = Callable[[], float]  # wall-clock seconds since the epoch
+
+
+def utc(clock: Clock) -> dt.datetime:
+    """The clock's time as the naive UTC datetime (whole seconds) the identity tables store."""
+    return dt.datetime.fromtimestamp(int(clock()), dt.UTC).replace(tzinfo=None)
+
 
 def token_key(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()
 
 
 class TokenCache(Generic[T]):
-    def __init__(self, size: int, clock: Callable[[], float] = time.time) -> None:
+    def __init__(self, size: int, clock: Clock = time.time) -> None:
         self.size = max(1, size)
         self.clock = clock
         self._entries: dict[str, tuple[T, float]] = {}  # key -> (value, trusted until), oldest first

@@ -23,7 +23,7 @@ from starlette.routing import BaseRoute
 from neutrino.config import Config
 from neutrino.context import RequestContext
 from neutrino.errors import ServiceUnavailable, Unauthorized
-from neutrino.identity.cache import TokenCache, token_key
+from neutrino.identity.cache import Clock, TokenCache, token_key
 from neutrino.identity.store import expand_roles
 from neutrino.identity.wire import header
 
@@ -59,12 +59,13 @@ def _unauthorized() -> Unauthorized:
 class KeystoneIdentity:
     routes: BaseRoute | None = None
 
-    def __init__(self, cfg: Config, client: httpx.AsyncClient | None = None) -> None:
+    def __init__(self, cfg: Config, client: httpx.AsyncClient | None = None, clock: Clock = time.time) -> None:
         self.cfg = cfg.identity
         self.url = v3_url(self.cfg.auth_url)
         self.client = client or httpx.AsyncClient(timeout=httpx.Timeout(10.0, connect=5.0))
-        self.valid: TokenCache[RequestContext] = TokenCache(CACHE_SIZE)
-        self.invalid: TokenCache[bool] = TokenCache(CACHE_SIZE)
+        self.clock = clock
+        self.valid: TokenCache[RequestContext] = TokenCache(CACHE_SIZE, clock)
+        self.invalid: TokenCache[bool] = TokenCache(CACHE_SIZE, clock)
         self.validations = 0  # token validations sent to Keystone (for status and tests)
         self._inflight: dict[str, asyncio.Future[RequestContext | None]] = {}
         self._service_token = ""
@@ -99,7 +100,7 @@ class KeystoneIdentity:
 
     async def _fetch(self, token: str, key: str) -> RequestContext | None:
         data = await self._validate(token)
-        now = time.time()
+        now = self.clock()
         if data is None:
             self.invalid.put(key, True, now + self.cfg.cache_seconds)
             return None
@@ -129,7 +130,7 @@ class KeystoneIdentity:
 
     async def _service(self, renew: bool = False) -> str:
         async with self._service_lock:
-            if renew or time.time() >= self._service_until:
+            if renew or self.clock() >= self._service_until:
                 self._service_token, self._service_until = await self._login()
             return self._service_token
 

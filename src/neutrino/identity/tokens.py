@@ -24,7 +24,7 @@ from neutrino.config import Config
 from neutrino.context import RequestContext
 from neutrino.db.engine import Database
 from neutrino.identity import store
-from neutrino.identity.cache import token_key
+from neutrino.identity.cache import Clock, token_key, utc
 from neutrino.identity.passwords import burn_time, verify_password
 from neutrino.identity.store import Project, ProjectId, Role, TokenRecord, User
 from neutrino.identity.wire import bad_request, timestamp, unauthorized
@@ -80,9 +80,10 @@ def domain_id(ref: Any) -> str | None:
 
 
 class TokenIssuer:
-    def __init__(self, cfg: Config, db: Database) -> None:
+    def __init__(self, cfg: Config, db: Database, clock: Clock = time.time) -> None:
         self.cfg = cfg
         self.db = db
+        self.clock = clock
         self.ttl = dt.timedelta(seconds=cfg.identity.token_ttl_seconds)
         self._purged = time.monotonic()  # bootstrap has just purged
         self._purge_lock = threading.Lock()
@@ -98,7 +99,7 @@ class TokenIssuer:
         if not set(methods) <= SUPPORTED_METHODS:
             raise unauthorized(f"Unsupported authentication method(s): {', '.join(sorted(set(methods)))}.")
         methods = list(dict.fromkeys(methods))  # ["password", "password"] is one method
-        now = store.utcnow()
+        now = self.now()
         parent: Resolved | None = None
         with self.db.read() as conn:
             if "password" in methods:
@@ -198,9 +199,12 @@ class TokenIssuer:
             return
         try:
             self._purged = time.monotonic()
-            self.db.write(lambda conn: store.purge_expired_tokens(conn, store.utcnow()))
+            self.db.write(lambda conn: store.purge_expired_tokens(conn, self.now()))
         finally:
             self._purge_lock.release()
+
+    def now(self) -> dt.datetime:
+        return utc(self.clock)
 
     # -- resolve and revoke ----------------------------------------------------------------------------
     def resolve(self, conn: Connection, token_hash: str, now: dt.datetime) -> Resolved | None:
@@ -220,7 +224,7 @@ class TokenIssuer:
 
     def lookup(self, token: str) -> Resolved | None:
         with self.db.read() as conn:
-            return self.resolve(conn, token_key(token), store.utcnow())
+            return self.resolve(conn, token_key(token), self.now())
 
     def revoke(self, token: str) -> None:
         self.db.write(lambda conn: store.revoke_token(conn, token_key(token)))
