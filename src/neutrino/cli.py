@@ -263,8 +263,7 @@ def _running(cfg: config.Config) -> int | None:
 
 def cmd_cleanup(cfg: config.Config) -> int:
     from neutrino.agent import runtime
-    from neutrino.agent.drivers import HostDriver
-    from neutrino.intent.model import Snapshot
+    from neutrino.agent.pipeline import cleanup
     from neutrino.lab.instances import Instances
 
     pid = _running(cfg)
@@ -279,16 +278,17 @@ def cmd_cleanup(cfg: config.Config) -> int:
     for spec in instances:
         lab.delete(spec.name)
         print(f"  instance {spec.name}: namespace lab-{spec.name} and its DHCP client removed")
-    driver = HostDriver(s)
-    served = sorted(driver.dnsmasq.observe())
     try:
-        result = driver.reconcile(Snapshot(revision=0))  # converge to "nothing here"
-    except KernelError as exc:
+        report = cleanup(s)  # the agent's pipeline run on the empty HostState
+    except (KernelError, OSError) as exc:
         print(f"neutrino: cleanup incomplete: {exc}", file=sys.stderr)
         return 1
-    print(f"  dnsmasq stopped for {len(served)} networks; {result.changes} changes in all")
-    print(f"cleanup done: {len(instances)} instances removed; no brq*, vxlan-*, qdhcp-* or dnsmasq of "
-          "neutrino left on this host")
+    if report.errors:
+        print(f"neutrino: cleanup incomplete: {'; '.join(report.errors)}", file=sys.stderr)
+        return 1
+    print(f"  {report.daemons} daemons stopped; {report.changes} changes in all")
+    print(f"cleanup done: {len(instances)} instances removed; nothing this neutrino made (owner {s.owner}) is "
+          "left on this host, and nothing of anyone else was touched")
     return 0
 
 

@@ -191,9 +191,11 @@ def test_deleted_dhcp_namespace_and_lost_address_are_repaired_by_the_periodic_pa
 
 
 def test_dnsmasq_files_made_unreachable_are_reachable_again(lab: Lab) -> None:
-    """dnsmasq reads its files after dropping root. When a directory above them loses its x bit (pytest
-    does that to its base temp directory whenever a session starts), a reload fails and dnsmasq answers
-    nobody; the next pass makes the path searchable again and has dnsmasq reread its files."""
+    """dnsmasq reads its files after dropping root. They live in a directory neutrino made and owns
+    (/run/neutrino/<owner>/dnsmasq/<network>, 0755; ``<state>/agent/dhcp`` points there), so the mode of
+    the state directory does not matter (pytest sets its base temp directory to 0700). When one of
+    neutrino's own directories loses its x bit, a reload fails and dnsmasq answers nobody; the next pass
+    makes it searchable again and has dnsmasq reread its files."""
     h1 = lab.agents["h1"]
     net, _ = lab.network(uniq("heal"), "10.76.0.0/24")
     a = uniq("k")
@@ -202,10 +204,14 @@ def test_dnsmasq_files_made_unreachable_are_reachable_again(lab: Lab) -> None:
         server = dhcp_agent(lab, net["id"])
         pid = lab.dnsmasq_pid(server, net["id"])
         assert pid is not None
-        log = server.state_dir / "agent" / "dhcp" / net["id"] / "dnsmasq.log"
+        (server.state_dir / "agent").chmod(0o700)  # not neutrino's concern any more: dnsmasq still reads
+        own_dir = (server.state_dir / "agent" / "dhcp").resolve()
+        assert own_dir.is_relative_to("/run/neutrino")
+        log = own_dir / net["id"] / "dnsmasq.log"
         fault = time.monotonic()
-        (server.state_dir / "agent").chmod(0o700)
+        own_dir.chmod(0o700)
         os.kill(pid, signal.SIGHUP)
         lab.wait("dnsmasq failing to read", lambda: "Permission denied" in log.read_text(), timeout=REPAIR)
         repaired("the instance's DHCP renewal", lambda: dhcp_renews(h1, a, ip), fault)
+        assert own_dir.stat().st_mode & 0o777 == 0o755
         assert lab.dnsmasq_pid(server, net["id"]) == pid  # reloaded, not restarted

@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from neutrino.agent.loop import Agent, AgentSettings, DriverResult, Watch
-from neutrino.dataplane.dnsmasq import ExitWatch
+from neutrino.dataplane.daemons import ExitWatch
 from neutrino.errors import KernelError
 from neutrino.intent.model import Snapshot
 from neutrino.intent.report import AgentReport, PortStatus

@@ -38,6 +38,7 @@ link set tapa master brqtest address fa:16:3e:00:00:01 up
 addr add 10.9.0.5/24 dev tapb
 addr add 2001:db8::5/64 dev tapb nodad
 link set tapb up
+link set brqtest alias neutrino:abc:agent
 """
     subprocess.run(["ip", "-n", namespace, "-batch", "-"], input=script, text=True, check=True)
     for mac, dst in (("00:00:00:00:00:00", "198.18.5.2"), ("fa:16:3e:00:00:09", "198.18.5.3")):
@@ -53,3 +54,6 @@ link set tapb up
         assert reader.fdb({vx.index}) == {vx.index: {("00:00:00:00:00:00", "198.18.5.2"),
                                                      ("fa:16:3e:00:00:09", "198.18.5.3")}}
         assert reader.fdb(set()) == {}
+        assert {link.name: link.alias for link in reader.links()}["brqtest"] == "neutrino:abc:agent"
+        nl.set_link(sock, "tapa", namespace, ifalias="neutrino:abc:lab")  # written through pyroute2
+        assert {link.name: link.alias for link in reader.links()}["tapa"] == "neutrino:abc:lab"

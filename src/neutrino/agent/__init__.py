@@ -1,4 +1,3 @@
-"""The host agent: ``model`` (the intent it holds), ``source`` (where intent comes from), ``loop`` (the
-level-triggered pass), ``drivers`` (compile + converge), ``runtime`` (start it), ``instances`` (lab
-instances, kernel side).
+"""The host agent: ``source`` (where intent comes from), ``loop`` (the level-triggered pass),
+``pipeline`` (compile one HostState, then the planes converge it; cleanup), ``runtime`` (start it).
 """

@@ -54,6 +54,7 @@ class DriverResult:
     changes: int = 0
     wired: frozenset[PortId] = frozenset()
     stats: dict[str, Any] = field(default_factory=dict)
+    errors: tuple[str, ...] = ()  # parts that failed (the pass fails; ``wired`` still counts)
 
 
 class Watch(Protocol):
@@ -94,6 +95,8 @@ class AgentSettings:
     state_dir: Path
     heartbeat_seconds: float = 10.0
     resync_seconds: float = 2.0
+    owner: str = ""              # this neutrino's owner id (dataplane/ownership.py); '' -> from state_dir
+    run_dir: Path | None = None  # where daemons keep their files (None: /run/neutrino)
 
 
 class Agent:
@@ -156,6 +159,7 @@ class Agent:
             changes += result.changes
             wired |= result.wired
             self.stats.update(result.stats)
+            errors += [f"{driver.name}: {e}" for e in result.errors]
         return changes, wired, errors
 
     async def _report_ports(self, snap: Snapshot, wired: set[PortId]) -> None:

@@ -11,6 +11,7 @@ from neutrino.agent.loop import Agent, AgentSettings, Driver
 from neutrino.agent.source import HttpSource
 from neutrino.client import agent_credentials
 from neutrino.config import Config
+from neutrino.dataplane import ownership as own
 from neutrino.intent.source import IntentSource
 
 log = logging.getLogger("neutrino.agent")
@@ -32,15 +33,16 @@ def settings(cfg: Config) -> AgentSettings:
         tunnel_ip=cfg.agent.local_ip or default_tunnel_ip(),
         interface_mappings=dict(cfg.agent.physical_interface_mappings),
         state_dir=Path(cfg.state_dir).resolve() / "agent",
+        owner=own.owner_id(Path(cfg.state_dir).resolve()),
         heartbeat_seconds=cfg.agent.heartbeat_seconds,
         resync_seconds=cfg.agent.resync_seconds,
     )
 
 
 def drivers(cfg: Config, s: AgentSettings) -> list[Driver]:
-    from neutrino.agent.drivers import build_drivers
+    from neutrino.agent.pipeline import build_pipeline
 
-    return build_drivers(cfg, s)
+    return [build_pipeline(s)]
 
 
 def build(cfg: Config, source: IntentSource | None = None) -> Agent:

@@ -10,7 +10,8 @@ file: subnet tags come from the ranges, and a port with extra_dhcp_opts is tagge
 the command line (static configuration is never freed). Ranges and ``--dhcp-mac`` are read only at start.
 Hence: ports added, changed or removed, and changes of any option -> SIGHUP; a subnet added or removed,
 or a port gaining or losing extra_dhcp_opts -> restart (leases persist in the lease file). A change of
-``DnsmasqFiles.argv_tail`` is what needs a restart.
+``DnsmasqFiles.argv_tail`` is what needs a restart. ``dnsmasq_daemon`` renders the whole daemon (command
+line and files) for the generic supervisor: argv changes restart it, file changes SIGHUP it.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from __future__ import annotations
 import ipaddress
 from dataclasses import dataclass
 
+from neutrino.compile.daemons import DIR, DaemonSpec
 from neutrino.intent.model import DeviceOwner, NetworkId, PortId, Snapshot, SubnetSpec
 
 LEASE_SECONDS = 86400
@@ -160,3 +162,17 @@ def render_dnsmasq(spec: DhcpServerSpec) -> DnsmasqFiles:
         lines.append(f"{h.mac},{ip},{h.hostname},{LEASE_SECONDS}s")
     return DnsmasqFiles(argv_tail=tuple(tail), hosts="".join(f"{line}\n" for line in lines),
                         opts="".join(f"{line}\n" for line in spec.options))
+
+
+def dnsmasq_daemon(spec: DhcpServerSpec) -> DaemonSpec:
+    """The dnsmasq serving ``spec``, fully rendered (``{dir}``: its directory, see compile.daemons)."""
+    files = render_dnsmasq(spec)
+    argv = ("dnsmasq", "--conf-file=/dev/null", "--no-hosts", "--no-resolv", "--port=0",
+            f"--interface={spec.interface}", "--bind-dynamic", "--except-interface=lo", "--dhcp-authoritative",
+            "--no-ping", f"--dhcp-hostsfile={DIR}/hosts", f"--dhcp-optsfile={DIR}/opts",
+            f"--dhcp-leasefile={DIR}/leases", f"--pid-file={DIR}/pid", f"--log-facility={DIR}/dnsmasq.log",
+            "--dhcp-lease-max=16777216", *files.argv_tail)
+    return DaemonSpec(kind="dnsmasq", key=spec.network_id, namespace=spec.namespace, argv=argv,
+                      files=(("hosts", files.hosts), ("opts", files.opts)), keep=("leases",),
+                      binds=(spec.interface,), ports=(spec.port_id,),
+                      label=f"dnsmasq for network {spec.network_id}")

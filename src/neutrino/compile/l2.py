@@ -12,7 +12,7 @@ from __future__ import annotations
 import ipaddress
 from collections.abc import Mapping
 
-from neutrino.compile.dhcp import compile_dhcp
+from neutrino.compile.dhcp import compile_dhcp, dnsmasq_daemon
 from neutrino.compile.state import (
     BridgeSpec,
     HostState,
@@ -96,4 +96,5 @@ def compile_host(snap: Snapshot, host: str, tunnel_ip: str,
             plugs.append(PlugSpec(p.id, tap_name(p.id), bridge_name(p.network_id), net.mtu, p.admin_state_up))
     return HostState(namespaces=tuple(sorted(link.namespace for link in links)), bridges=tuple(bridges),
                      vxlans=tuple(vxlans), vlans=tuple(vlans), plugs=tuple(plugs), port_links=tuple(links),
-                     dhcp=dhcp, problems=tuple(problems))
+                     dhcp=dhcp, daemons=tuple(dnsmasq_daemon(d) for d in dhcp),
+                     problems=tuple(problems))

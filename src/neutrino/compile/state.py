@@ -1,11 +1,16 @@
-"""HostState: what one host's kernel and daemons should look like. Frozen data, produced by compile_host."""
+"""HostState: what one host's kernel and daemons should look like. Frozen data, produced by compile_host.
+
+The empty HostState is "nothing of this neutrino here": running the planes on it is cleanup.
+"""
 
 from __future__ import annotations
 
 import ipaddress
 from dataclasses import dataclass
 
+from neutrino.compile.daemons import DaemonSpec
 from neutrino.compile.dhcp import DhcpServerSpec
+from neutrino.compile.nft import NftTable
 from neutrino.intent.model import NetworkId, PortId
 
 Interface = ipaddress.IPv4Interface | ipaddress.IPv6Interface
@@ -86,5 +91,7 @@ class HostState:
     vlans: tuple[VlanSpec, ...] = ()
     plugs: tuple[PlugSpec, ...] = ()
     port_links: tuple[PortLinkSpec, ...] = ()
-    dhcp: tuple[DhcpServerSpec, ...] = ()
+    dhcp: tuple[DhcpServerSpec, ...] = ()   # what the DHCP servers serve (their daemons are in ``daemons``)
+    nft: tuple[NftTable, ...] = ()          # one per (namespace, family); none yet (routers, security groups)
+    daemons: tuple[DaemonSpec, ...] = ()    # every daemon, fully rendered
     problems: tuple[str, ...] = ()  # intent this host cannot realise (e.g. a physnet with no mapping)

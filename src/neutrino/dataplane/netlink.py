@@ -43,6 +43,7 @@ class LinkState:
     vni: int | None = None
     local: str | None = None
     lower: int | None = None  # vxlan's underlying device
+    alias: str | None = None  # ifalias: neutrino's ownership mark (dataplane/ownership.py)
 
 
 @dataclass(frozen=True, slots=True)
@@ -130,7 +131,7 @@ _U32 = struct.Struct("=I")
 NLM_F_REQUEST, NLM_F_DUMP = 0x1, 0x300
 NLMSG_ERROR, NLMSG_DONE = 2, 3
 RTM_GETLINK, RTM_GETADDR, RTM_GETNEIGH = 18, 22, 30
-IFLA_ADDRESS, IFLA_IFNAME, IFLA_MTU, IFLA_MASTER, IFLA_LINKINFO, IFLA_EXT_MASK = 1, 3, 4, 10, 18, 29
+IFLA_ADDRESS, IFLA_IFNAME, IFLA_MTU, IFLA_MASTER, IFLA_LINKINFO, IFLA_IFALIAS, IFLA_EXT_MASK = 1, 3, 4, 10, 18, 20, 29
 IFLA_INFO_KIND, IFLA_INFO_DATA = 1, 2
 IFLA_VXLAN_ID, IFLA_VXLAN_LINK, IFLA_VXLAN_LOCAL, IFLA_VXLAN_LOCAL6 = 1, 3, 4, 17
 RTEXT_FILTER_SKIP_STATS = 1 << 3
@@ -211,7 +212,7 @@ class Reader:
             out.append(LinkState(
                 name=_text(a[IFLA_IFNAME]), index=index, kind=kind, mac=_mac(a.get(IFLA_ADDRESS)),
                 mtu=_u32(a.get(IFLA_MTU)) or 0, up=bool(flags & 1), master=_u32(a.get(IFLA_MASTER)), vni=vni,
-                local=local, lower=lower))
+                local=local, lower=lower, alias=_text(a[IFLA_IFALIAS]) or None if IFLA_IFALIAS in a else None))
         return out
 
     def addresses(self) -> list[AddrState]:
@@ -279,7 +280,8 @@ def links(sock: Any) -> list[LinkState]:
         out.append(LinkState(
             name=_attr(msg, "IFLA_IFNAME"), index=msg["index"], kind=kind or "",
             mac=(_attr(msg, "IFLA_ADDRESS") or "").lower(), mtu=_attr(msg, "IFLA_MTU"),
-            up=bool(msg["flags"] & 1), master=_attr(msg, "IFLA_MASTER"), vni=vni, local=local, lower=lower))
+            up=bool(msg["flags"] & 1), master=_attr(msg, "IFLA_MASTER"), vni=vni, local=local, lower=lower,
+            alias=_attr(msg, "IFLA_IFALIAS") or None))
     return out
 
 

@@ -1,0 +1,168 @@
+"""The agent's pipeline: compile the host's one ``HostState``, then every plane converges its part.
+
+Planes, in order: links (namespaces, bridges, VXLAN, veths, addresses, FDB), nft (owned tables), daemons
+(dnsmasq now). Each plane observes, diffs and applies on its own; one that fails does not stop the next,
+and the pass then counts as failed (the loop retries, the revision does not advance). A port is ready
+(ACTIVE) when every plane that names it has it ready. Cleanup is the same pipeline run on the empty
+HostState: it removes exactly what this neutrino made (dataplane/ownership.py).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from neutrino.agent.loop import AgentSettings, DriverResult, Watch
+from neutrino.compile.l2 import compile_host
+from neutrino.compile.state import HostState
+from neutrino.dataplane import netlink as nl
+from neutrino.dataplane import ownership as own
+from neutrino.dataplane.daemons import RUN_ROOT, ExitWatch, Supervisor
+from neutrino.dataplane.links import LinkPlane, NetlinkKernel
+from neutrino.dataplane.nft import NftPlane
+from neutrino.dataplane.plane import Made, Plane
+from neutrino.intent.model import PortId, Snapshot
+
+log = logging.getLogger("neutrino.agent")
+# Links of ours in the host's namespace whose changes wake the agent. ``ns-`` devices live in qdhcp
+# namespaces, but each is a veth with a ``tap`` here: deleting either end deletes both.
+WATCHED_LINKS = own.prefixes(own.Creator.AGENT, own.Scope.HOST)
+
+
+class HostWatch:
+    """What wakes the agent between passes: a link of ours changing in the host's namespace, or one of
+    the daemons the last pass left running ending."""
+
+    def __init__(self, daemons: Supervisor) -> None:
+        self.daemons = daemons
+        self.links = nl.LinkMonitor(WATCHED_LINKS)
+        self.exits = ExitWatch()
+
+    def rearm(self) -> bool:
+        return self.exits.watch(self.daemons.pids().values())
+
+    def fds(self) -> list[int]:
+        return [self.links.fileno(), *self.exits.fds()]
+
+    def drain(self, fd: int) -> bool:
+        if fd == self.links.fileno():
+            events = self.links.drain()
+            if events:
+                log.debug("woken by links: %s", ", ".join(
+                    f"{e.name or '(events lost)'}{' gone' if e.gone else ''}" for e in events[:8]))
+            return bool(events)
+        if self.exits.drain(fd):
+            log.debug("woken by a daemon ending")
+            return True
+        return False
+
+    def close(self) -> None:
+        self.links.close()
+        self.exits.close()
+
+
+def owner_of(settings: AgentSettings) -> str:
+    return settings.owner or own.owner_id(settings.state_dir)
+
+
+@dataclass
+class Pipeline:
+    """The agent's one driver: compile once per pass, then every plane."""
+    settings: AgentSettings
+    planes: list[Plane] = field(default_factory=list)
+    name: str = "host"
+    daemons: Supervisor = field(init=False)
+    last_problems: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        s = self.settings
+        owner = owner_of(s)
+        if not self.planes:
+            run_dir = s.run_dir or RUN_ROOT
+            self.planes = [LinkPlane(NetlinkKernel(), owner, own.NamespaceRecords(s.state_dir)),
+                           NftPlane(owner),
+                           Supervisor(run_dir / owner, pointer=s.state_dir / "dhcp")]
+        self.daemons = next((p for p in self.planes if isinstance(p, Supervisor)), Supervisor(Path("/nonexistent")))
+
+    def watch(self) -> Watch:
+        return HostWatch(self.daemons)
+
+    def compile(self, snap: Snapshot) -> HostState:
+        s = self.settings
+        return compile_host(snap, s.host, s.tunnel_ip, s.interface_mappings)
+
+    def reconcile(self, snap: Snapshot) -> DriverResult:
+        desired = self.compile(snap)
+        if desired.problems != self.last_problems:
+            for problem in desired.problems:
+                log.warning("cannot realise: %s", problem)
+            self.last_problems = desired.problems
+        return self.run(desired)
+
+    def run(self, desired: HostState) -> DriverResult:
+        changes, errors = 0, []
+        made: Made = frozenset()
+        named: dict[PortId, int] = {}
+        ready: dict[PortId, int] = {}
+        for plane in self.planes:
+            for p in plane.names(desired):
+                named[p] = named.get(p, 0) + 1
+            try:
+                result = plane.sync(desired, made)
+            except Exception as exc:  # one plane's failure must not stop the others
+                log.warning("plane %s failed: %s", plane.name, exc)
+                errors.append(f"{plane.name}: {exc}")
+                continue
+            changes += result.changes
+            made = made | result.made
+            for p in result.ready:
+                ready[p] = ready.get(p, 0) + 1
+        wired = frozenset(p for p, n in named.items() if ready.get(p, 0) == n)  # ready in every plane naming it
+        return DriverResult(changes=changes, wired=wired, errors=tuple(errors), stats={
+            "ports": len(desired.plugs) + len(desired.port_links), "dhcp_networks": len(desired.dhcp),
+            "dhcp_ports": sum(len(d.hosts) for d in desired.dhcp)})
+
+
+def sweep_legacy(state_dir: Path) -> int:
+    """dnsmasq of a neutrino before the daemon plane: ``<state>/agent/dhcp/<network>/`` was a real
+    directory. Stop those processes (recognised by pid file and command line) and remove the directory,
+    so the pointer to the new place can take its name. Returns how many were stopped."""
+    old = state_dir / "dhcp"
+    if old.is_symlink() or not old.is_dir():
+        return 0
+    stopped = 0
+    procs = Supervisor(old).procs
+    for d in sorted(p for p in old.iterdir() if p.is_dir()):
+        with contextlib.suppress(OSError, ValueError):
+            pid = int((d / "pid").read_text().strip())
+            cmdline = procs.cmdline(pid) or ()
+            if f"--dhcp-hostsfile={d / 'hosts'}" in cmdline:
+                procs.kill(pid)
+                stopped += 1
+    shutil.rmtree(old, ignore_errors=True)
+    return stopped
+
+
+@dataclass(frozen=True, slots=True)
+class CleanupReport:
+    daemons: int
+    changes: int
+    errors: tuple[str, ...]
+
+
+def cleanup(settings: AgentSettings) -> CleanupReport:
+    """Run the pipeline on the empty HostState: everything this neutrino made on this host goes (links
+    and namespaces with its mark or record, its nft tables, its daemons); nothing of anyone else."""
+    legacy = sweep_legacy(settings.state_dir)
+    pipeline = Pipeline(settings)
+    daemons = len(pipeline.daemons.observe(HostState()).daemons)
+    result = pipeline.run(HostState())
+    return CleanupReport(daemons + legacy, result.changes, result.errors)
+
+
+def build_pipeline(settings: AgentSettings) -> Pipeline:
+    sweep_legacy(settings.state_dir)
+    return Pipeline(settings)

@@ -1,0 +1,164 @@
+"""The nft plane: per namespace one owned ``inet`` table (and one ``bridge`` table where needed).
+
+A table is set whole: one ``nft -f`` transaction makes it, deletes it and makes it again with its content
+(compile/nft.py: ``render_sync``), so no half-applied state is ever visible. After a sync the plane keeps
+the table's listing; a pass lists each table again and a listing that differs (something else changed
+the table, or it is gone) is a full sync. The first pass, and the next pass after any failure, is a full
+sync of every table, and also sweeps this owner's tables (``neutrino-<owner>``) that are not desired;
+tables of anyone else are never read or touched.
+"""
+
+from __future__ import annotations
+
+import logging
+import subprocess
+from collections.abc import Collection, Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+from neutrino.compile.nft import NftTable, render_delete, render_sync, table_name
+from neutrino.compile.state import HostState
+from neutrino.dataplane.plane import Made, PlaneResult
+from neutrino.errors import KernelError
+from neutrino.intent.model import PortId
+
+log = logging.getLogger("neutrino.agent")
+TableKey = tuple[str | None, str]  # (namespace, family)
+
+
+class Nft(Protocol):
+    def run(self, ns: str | None, script: str) -> None:
+        """Run ``script`` as one transaction; raises KernelError."""
+        ...
+
+    def listing(self, ns: str | None, family: str, name: str) -> str | None:
+        """The table as nft lists it; None when there is no such table."""
+        ...
+
+    def tables(self, ns: str | None) -> set[tuple[str, str]]:
+        """(family, name) of every table in ``ns``."""
+        ...
+
+
+class NftCommand:
+    """The ``nft`` tool, inside a namespace through ``ip netns exec``."""
+
+    @staticmethod
+    def _argv(ns: str | None, *args: str) -> list[str]:
+        return (["ip", "netns", "exec", ns] if ns else []) + ["nft", *args]
+
+    def run(self, ns: str | None, script: str) -> None:
+        done = subprocess.run(self._argv(ns, "-f", "-"), input=script, capture_output=True, text=True, check=False)
+        if done.returncode != 0:
+            raise KernelError(f"nft failed: {done.stderr.strip()}", namespace=ns or "")
+
+    def listing(self, ns: str | None, family: str, name: str) -> str | None:
+        done = subprocess.run(self._argv(ns, "list", "table", family, name), capture_output=True, text=True,
+                              check=False)
+        return done.stdout if done.returncode == 0 else None
+
+    def tables(self, ns: str | None) -> set[tuple[str, str]]:
+        done = subprocess.run(self._argv(ns, "list", "tables"), capture_output=True, text=True, check=False)
+        if done.returncode != 0:
+            raise KernelError(f"nft list tables failed: {done.stderr.strip()}", namespace=ns or "")
+        return {(w[1], w[2]) for w in (line.split() for line in done.stdout.splitlines())
+                if len(w) == 3 and w[0] == "table"}
+
+
+@dataclass(frozen=True, slots=True)
+class SyncTable:
+    table: NftTable
+    why: str
+
+
+@dataclass(frozen=True, slots=True)
+class DeleteTable:
+    ns: str | None
+    family: str
+
+
+Op = SyncTable | DeleteTable
+
+
+@dataclass
+class Observed:
+    listings: dict[TableKey, str | None]   # tables this plane set (or wants), as listed now
+    found: set[TableKey]                  # this owner's tables found by a sweep (full passes only)
+
+
+class NftPlane:
+    name = "nft"
+
+    def __init__(self, owner: str, nft: Nft | None = None) -> None:
+        self.owner = owner
+        self.table = table_name(owner)
+        self.nft = nft or NftCommand()
+        self.applied: dict[TableKey, tuple[str, str | None]] = {}  # key -> (body, listing after the sync)
+        self.full = True  # the first pass and the pass after a failure sync everything
+
+    def observe(self, desired: HostState, namespaces: Collection[str] | None = None) -> Observed:
+        keys = {(t.namespace, t.family) for t in desired.nft} | set(self.applied)
+        listings = {} if self.full else {k: self.nft.listing(k[0], k[1], self.table) for k in sorted(keys, key=str)}
+        found: set[TableKey] = set()
+        if self.full:
+            for ns in sorted({None, *(t.namespace for t in desired.nft)}, key=lambda n: n or ""):
+                found |= {(ns, fam) for fam, name in self.nft.tables(ns) if name == self.table}
+        return Observed(listings, found)
+
+    def diff(self, desired: HostState, obs: Observed) -> list[Op]:
+        ops: list[Op] = []
+        wanted = {(t.namespace, t.family): t for t in desired.nft}
+        for key, t in sorted(wanted.items(), key=str):
+            body, listing = self.applied.get(key, (None, None))
+            if self.full:
+                ops.append(SyncTable(t, "full sync"))
+            elif body != t.body:
+                ops.append(SyncTable(t, "content changed"))
+            elif obs.listings.get(key) != listing:
+                ops.append(SyncTable(t, "changed behind neutrino's back" if obs.listings.get(key) else "gone"))
+        stale = (set(self.applied) | obs.found) - set(wanted)
+        ops += [DeleteTable(ns, fam) for ns, fam in sorted(stale, key=str)]
+        return ops
+
+    def apply(self, ops: Sequence[Op]) -> int:
+        errors = []
+        for op in ops:
+            try:
+                if isinstance(op, SyncTable):
+                    t = op.table
+                    self.applied.pop((t.namespace, t.family), None)
+                    self.nft.run(t.namespace, render_sync(t, self.owner))
+                    listing = self.nft.listing(t.namespace, t.family, self.table)
+                    self.applied[(t.namespace, t.family)] = (t.body, listing)
+                    if op.why != "full sync":
+                        log.info("nft table %s %s in %s: %s; set again", t.family, self.table,
+                                 t.namespace or "the host", op.why)
+                else:
+                    self.applied.pop((op.ns, op.family), None)
+                    if self.nft.listing(op.ns, op.family, self.table) is not None:
+                        self.nft.run(op.ns, render_delete(op.family, self.owner))
+            except KernelError as exc:
+                errors.append(str(exc))
+        self.full = bool(errors)
+        if errors:
+            raise KernelError("; ".join(errors))
+        return len(ops)
+
+    def names(self, desired: HostState) -> set[PortId]:
+        return {p for t in desired.nft for p in t.ports}
+
+    def ready(self, desired: HostState) -> set[PortId]:
+        return {p for t in desired.nft if (t.namespace, t.family) in self.applied
+                and self.applied[(t.namespace, t.family)][0] == t.body for p in t.ports}
+
+    def sync(self, desired: HostState, made: Made = frozenset()) -> PlaneResult:
+        try:
+            obs = self.observe(desired)
+            ops = self.diff(desired, obs)
+        except KernelError:
+            self.full = True
+            raise
+        changes = self.apply(ops) if ops else 0
+        self.full = False
+        return PlaneResult(sum(1 for op in ops if not (isinstance(op, SyncTable) and op.why == "full sync"))
+                           if changes else 0, frozenset(self.ready(desired)))
