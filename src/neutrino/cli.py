@@ -119,6 +119,10 @@ def parser() -> argparse.ArgumentParser:
     ie.add_argument("argv", nargs=argparse.REMAINDER, metavar="-- COMMAND")
     idel = isub.add_parser("delete", parents=common, help="delete an instance and its port")
     idel.add_argument("name")
+    isub.add_parser("sweep", parents=common, help="remove lab taps and namespaces of this neutrino no instance owns",
+                    description="Lab taps and lab-* namespaces carry this neutrino's mark (owner id in the state "
+                                "dir, creator 'lab'); those no instance record names are removed. Another "
+                                "neutrino's, and anything unmarked, are left alone. Needs root; no server.")
 
     command("cleanup",
             help="remove what this host's agent made (bridges, VXLAN, qdhcp namespaces, dnsmasq, instances)",
@@ -394,6 +398,9 @@ def cmd_instance(args: argparse.Namespace, cfg: config.Config) -> int:
     elif args.action == "delete":
         spec = asyncio.run(lifecycle.delete(cfg, args.name))
         print(f"instance {spec.name} deleted (port {spec.port_id})")
+    elif args.action == "sweep":
+        gone = inst.sweep()
+        print(f"swept {len(gone)} orphaned lab objects of owner {inst.owner}" + "".join(f"\n  {g}" for g in gone))
     return 0
 
 

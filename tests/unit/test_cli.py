@@ -14,7 +14,7 @@ from neutrino import cli
 COMMANDS: list[list[str]] = [
     ["up"], ["server"], ["agent"], ["status"], ["cleanup"], ["db", "upgrade"], ["clouds-yaml"],
     ["instance", "create", "vm1", "--network", "demo"], ["instance", "list"], ["instance", "delete", "vm1"],
-    ["instance", "exec", "vm1"],
+    ["instance", "exec", "vm1"], ["instance", "sweep"],
 ]
 GLOBALS = {"--config": ("config", "/etc/n.yaml"), "--state-dir": ("state_dir", "/var/lib/n"),
            "--log-level": ("log_level", "DEBUG"), "--log-format": ("log_format", "json")}

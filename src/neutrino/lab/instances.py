@@ -5,6 +5,11 @@ whose veth peer ``tap<11 of port id>`` stays on the host for the agent to plug i
 bridge — as a hypervisor creates a VM's tap and Neutron's agent plugs it. Inside, a real ``dhclient``
 asks dnsmasq for the address; without DHCP the instance is configured statically from its port, as a
 user would on a console. Bookkeeping lives in ``<state>/instances/NAME/instance.json``.
+
+Ownership (``dataplane.ownership``): the tap and eth0 carry this neutrino's mark with creator ``lab`` in
+their ifalias (the agent plugs such a tap but never removes it); the instance's record is its bookkeeping
+directory. ``sweep`` removes marked lab taps and ``lab-*`` namespaces of THIS neutrino that no record
+names (e.g. a state dir's ``instances/`` emptied by hand); another neutrino's are never touched.
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ from pathlib import Path
 
 from neutrino.compile.state import tap_name
 from neutrino.dataplane import netlink as nl
+from neutrino.dataplane import ownership as own
 from neutrino.errors import KernelError
 
 SCRIPT = Path(__file__).with_name("dhclient-script")
@@ -60,8 +66,13 @@ def _slaac(iface: ipaddress.IPv4Interface | ipaddress.IPv6Interface) -> bool:
 
 
 class Instances:
-    def __init__(self, state_dir: Path) -> None:
+    """The lab instances of one neutrino. ``state_dir`` is its agent directory (``<state>/agent``);
+    ``owner`` its owner id (default: the one kept in the neutrino state dir, ``state_dir``'s parent)."""
+
+    def __init__(self, state_dir: Path, owner: str | None = None) -> None:
         self.root = state_dir / "instances"
+        self.owner = owner if owner is not None else own.owner_id(state_dir.resolve().parent)
+        self.mark = own.mark(self.owner, own.Creator.LAB)
 
     def dir(self, name: str) -> Path:
         return self.root / name
@@ -85,9 +96,10 @@ class Instances:
         nl.create_namespace(spec.namespace)
         with nl.socket() as sock:
             nl.add_veth(sock, tap_name(spec.port_id), "eth0", spec.namespace, spec.mtu)
+            nl.set_link(sock, tap_name(spec.port_id), ifalias=self.mark)
             nl.set_link(sock, tap_name(spec.port_id), state="up")
         with nl.socket(spec.namespace) as sock:
-            nl.set_link(sock, "eth0", spec.namespace, address=spec.mac)
+            nl.set_link(sock, "eth0", spec.namespace, address=spec.mac, ifalias=self.mark)
             nl.set_link(sock, "lo", spec.namespace, state="up")
             # No DAD on the instance's link: dhclient -6 needs a usable link-local address at once, and
             # every address on this link is handed out by IPAM anyway.
@@ -158,3 +170,35 @@ class Instances:
         if d.exists():
             d.rmdir()
         return spec
+
+    def orphans(self) -> tuple[list[str], list[str]]:
+        """(taps, namespaces) marked as this neutrino's lab objects that no instance record names."""
+        recorded = self.all()
+        taps = {tap_name(s.port_id) for s in recorded}
+        names = {s.namespace for s in recorded}
+        lab_taps = own.prefixes(own.Creator.LAB, own.Scope.HOST)
+        with nl.socket() as sock:
+            stray_taps = sorted(link.name for link in nl.links(sock)
+                                if link.name.startswith(lab_taps) and link.name not in taps
+                                and own.owned_by(link.alias, self.owner, own.Creator.LAB))
+        stray_ns = []
+        for ns in nl.list_namespaces():
+            if not ns.startswith("lab-") or ns in names:
+                continue
+            with nl.socket(ns) as sock:
+                if any(link.name == "eth0" and own.owned_by(link.alias, self.owner, own.Creator.LAB)
+                       for link in nl.links(sock)):
+                    stray_ns.append(ns)
+        return stray_taps, stray_ns
+
+    def sweep(self) -> list[str]:
+        """Remove this neutrino's orphaned lab taps and namespaces; returns what went."""
+        taps, namespaces = self.orphans()
+        for ns in namespaces:
+            nl.remove_namespace(ns)  # its eth0's tap goes with it
+        with nl.socket() as sock:
+            present = {link.name for link in nl.links(sock)}
+            for tap in taps:
+                if tap in present:
+                    nl.delete_link(sock, tap)
+        return namespaces + taps
