@@ -1,0 +1,132 @@
+"""The pipeline: planes in order, one failing plane does not stop the others, ready is an intersection,
+and the agent's revision does not advance past a failed pass. Also the nft plane's rendering and
+full-sync rules, with a fake nft."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+from collections.abc import Collection
+from pathlib import Path
+
+import pytest
+
+from neutrino.agent.loop import Agent
+from neutrino.agent.pipeline import Pipeline
+from neutrino.compile.nft import NftTable, render_sync
+from neutrino.compile.state import HostState
+from neutrino.dataplane.nft import NftPlane
+from neutrino.dataplane.plane import Made, PlaneResult
+from neutrino.errors import KernelError
+from neutrino.intent.model import PortId
+from tests.unit.test_agent_wakeups import FakeSource, settings
+
+A, B = PortId("a"), PortId("b")
+
+
+@dataclasses.dataclass
+class FakePlane:
+    name: str
+    named: frozenset[PortId]
+    ready: frozenset[PortId]
+    fail: bool = False
+    runs: int = 0
+
+    def names(self, desired: HostState) -> Collection[PortId]:
+        return self.named
+
+    def sync(self, desired: HostState, made: Made) -> PlaneResult:
+        self.runs += 1
+        if self.fail:
+            raise KernelError("injected")
+        return PlaneResult(1, self.ready)
+
+
+def test_one_failing_plane_does_not_stop_the_others_and_ready_is_an_intersection(tmp_path: Path) -> None:
+    links = FakePlane("links", frozenset({A, B}), frozenset({A, B}))
+    nft = FakePlane("nft", frozenset({B}), frozenset())  # B's filter is not in place: B is not ready
+    daemons = FakePlane("daemons", frozenset({A}), frozenset({A}), fail=True)
+    pipe = Pipeline(settings(tmp_path, 1.0), [links, nft, daemons])
+    result = pipe.run(HostState())
+    assert (links.runs, nft.runs, daemons.runs) == (1, 1, 1)
+    assert result.wired == frozenset() and result.changes == 2 and result.errors == ("daemons: injected",)
+    daemons.fail = False
+    assert pipe.run(HostState()).wired == {A}
+
+
+def test_a_failing_plane_keeps_the_revision(tmp_path: Path) -> None:
+    source = FakeSource()
+    bad = FakePlane("daemons", frozenset(), frozenset(), fail=True)
+    good = FakePlane("links", frozenset(), frozenset())
+    agent = Agent(source, settings(tmp_path, 1.0), [Pipeline(settings(tmp_path, 1.0), [good, bad])])
+    with pytest.raises(RuntimeError, match="daemons: injected"):
+        asyncio.run(agent.run_once())
+    assert good.runs == 1 and agent.revision == 0 and not (tmp_path / "agent-revision").exists()
+    bad.fail = False
+    asyncio.run(agent.run_once())
+    assert agent.revision == source.revision
+
+
+class FakeNft:
+    """nft, per namespace: tables by (ns, family, name) -> content."""
+
+    def __init__(self) -> None:
+        self.store: dict[tuple[str | None, str, str], str] = {}
+        self.scripts: list[str] = []
+        self.fail = False
+
+    def run(self, ns: str | None, script: str) -> None:
+        if self.fail:
+            raise KernelError("nft failed")
+        self.scripts.append(script)
+        for line in script.splitlines():
+            words = line.split()
+            if words[:1] == ["delete"]:
+                self.store.pop((ns, words[2], words[3]), None)
+            elif words[:1] == ["table"] and line.endswith("{"):
+                self.store[(ns, words[1], words[2])] = script.split("{", 1)[1]
+
+    def listing(self, ns: str | None, family: str, name: str) -> str | None:
+        return self.store.get((ns, family, name))
+
+    def tables(self, ns: str | None) -> set[tuple[str, str]]:
+        return {(f, n) for (s, f, n) in self.store if s == ns}
+
+
+BODY = "chain forward {\n\ttype filter hook forward priority 0; policy accept;\n}\n"
+
+
+def test_render_sync_is_one_atomic_replacement() -> None:
+    script = render_sync(NftTable("qrouter-1", "inet", BODY), "abc")
+    assert script.splitlines()[:3] == ["table inet neutrino-abc", "delete table inet neutrino-abc",
+                                       "table inet neutrino-abc {"]
+    assert "\tchain forward {" in script and script.endswith("}\n")
+    with pytest.raises(ValueError):
+        render_sync(NftTable(None, "arp", BODY), "abc")
+
+
+def test_nft_plane_full_sync_after_failure_drift_and_sweep() -> None:
+    nft = FakeNft()
+    nft.store[(None, "inet", "neutrino-other")] = "theirs"
+    nft.store[(None, "inet", "neutrino-me")] = "left from before a restart"
+    plane = NftPlane("me", nft)
+    table = NftTable("ns1", "inet", BODY, (A,))
+    want = dataclasses.replace(HostState(), nft=(table,))
+    assert plane.names(want) == {A}
+    result = plane.sync(want)
+    assert result.ready == {A} and (None, "inet", "neutrino-me") not in nft.store
+    assert (None, "inet", "neutrino-other") in nft.store
+    n = len(nft.scripts)
+    assert plane.sync(want).changes == 0 and len(nft.scripts) == n  # nothing to do: no transaction
+    nft.store[("ns1", "inet", "neutrino-me")] = "edited by hand"
+    assert plane.sync(want).changes == 1 and nft.store[("ns1", "inet", "neutrino-me")] != "edited by hand"
+    nft.fail = True
+    with pytest.raises(KernelError):
+        changed = dataclasses.replace(table, body=BODY + "set s { type ipv4_addr; }\n")
+        plane.sync(dataclasses.replace(want, nft=(changed,)))
+    assert plane.full
+    nft.fail = False
+    plane.sync(want)
+    assert not plane.full and nft.scripts[-1].startswith("table inet neutrino-me\ndelete table")
+    plane.sync(HostState())
+    assert ("ns1", "inet", "neutrino-me") not in nft.store
