@@ -2,16 +2,20 @@
 
 ``lab`` (module scope) starts a neutrino server and an underlay with two hosts, each running
 ``neutrino agent`` inside it (reaching the server over its unix socket). Tests drive the API like a
-user and run ``neutrino instance …`` inside the hosts. A session-end check fails the run if any
-namespace, link or process of ours is left on the machine.
+user and run ``neutrino instance …`` inside the hosts. Its setup is one ExitStack: when a step fails
+half-way (the underlay, a host, an agent), everything made before it is undone before the error is
+reported. A session-end check fails the run if any namespace or process of ours is left on the machine,
+or any link or nftables table of neutrino's kinds appeared in the machine's own namespace.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import time
-from collections.abc import Iterator
+import uuid
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -36,18 +40,42 @@ def _netns() -> set[str]:
     return {line.split()[0] for line in out.splitlines() if line.strip()}
 
 
-def _our_processes() -> list[str]:
-    """Live (non-zombie) processes whose command line names one of our state directories."""
+# What neutrino makes in a namespace it wires (bridges, VXLAN devices, lab taps, DHCP veths) and its nft
+# tables. Our hosts keep all of these inside themselves: in the machine's own namespace they are leaks.
+LINK_PREFIXES = ("brq", "vxlan-", "tap", "ns-")
+NFT_TABLE_PREFIX = "neutrino"
+
+
+def _links() -> set[str]:
+    """Links of neutrino's kinds in the machine's own network namespace."""
+    out = subprocess.run(["ip", "-o", "link", "show"], capture_output=True, text=True, check=True).stdout
+    names = {line.split(": ", 2)[1].split("@")[0] for line in out.splitlines() if ": " in line}
+    return {n for n in names if n.startswith(LINK_PREFIXES)}
+
+
+def _nft_tables() -> set[str]:
+    """nftables tables named neutrino* in the machine's own network namespace, as "family name"."""
+    out = subprocess.run(["nft", "list", "tables"], capture_output=True, text=True, check=True).stdout
+    tables = {line.removeprefix("table ").strip() for line in out.splitlines() if line.startswith("table ")}
+    return {t for t in tables if t.split()[-1].startswith(NFT_TABLE_PREFIX)}
+
+
+def _our_processes(state_dirs: Iterable[Path] = STATE_DIRS) -> list[str]:
+    """Live (non-zombie) processes whose command line names one of our state directories, or whose
+    environment does (agents get theirs as NEUTRINO_STATE_DIR)."""
+    dirs = [str(d) for d in state_dirs]
     found = []
     for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
             continue
         try:
             cmd = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            env = (entry / "environ").read_bytes().decode(errors="replace").split("\0")
             state = (entry / "stat").read_text().rsplit(")", 1)[1].split()[0]
         except (OSError, IndexError):
             continue
-        if state != "Z" and any(str(d) in cmd for d in STATE_DIRS) and "pytest" not in cmd:
+        env_dirs = [v.removeprefix("NEUTRINO_STATE_DIR=") for v in env if v.startswith("NEUTRINO_STATE_DIR=")]
+        if state != "Z" and any(d in cmd or any(e.startswith(d) for e in env_dirs) for d in dirs):
             found.append(f"{entry.name}: {cmd[:120]}")
     return found
 
@@ -56,11 +84,17 @@ def _our_processes() -> list[str]:
 def nothing_left_behind() -> Iterator[None]:
     if os.geteuid() != 0:
         pytest.skip("integration tests need root (network namespaces)")
+    # Compared with what was there before: the machine may run a neutrino of its own.
+    links, tables = _links(), _nft_tables()
     yield
     left = sorted(n for n in _netns() if any(n.startswith(p) for p in PREFIXES))
     assert not left, f"namespaces left behind: {left}"
     procs = _our_processes()
     assert not procs, f"processes left behind: {procs}"
+    new_links = sorted(_links() - links)
+    assert not new_links, f"links left behind in the machine's own namespace: {new_links}"
+    new_tables = sorted(_nft_tables() - tables)
+    assert not new_tables, f"nftables tables left behind in the machine's own namespace: {new_tables}"
 
 
 @dataclass
@@ -77,7 +111,11 @@ class Agent:
     def stop(self, kill: bool = False) -> None:
         if self.proc is not None and self.proc.poll() is None:
             (self.proc.kill if kill else self.proc.terminate)()
-            self.proc.wait(10)
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
         self.proc = None
 
     def neutrino(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
@@ -133,22 +171,30 @@ class Lab:
             else None
 
 
-@pytest.fixture(scope="module")
-def lab(nothing_left_behind: None, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
-    tmp = tmp_path_factory.mktemp("lab")
-    server = start_server(tmp, f"sqlite:///{tmp / 'neutrino.db'}", "sqlite",
-                          {"NEUTRINO_AGENT__AGENT_DOWN_SECONDS": "30"})
-    underlay = Underlay.create()
-    PREFIXES.append(underlay.prefix)
+def admin_token(server: Server) -> str:
+    return str(httpx.post(f"{server.url}/identity/v3/auth/tokens", json={"auth": {"identity": {
+        "methods": ["password"], "password": {"user": {"name": "admin", "domain": {"name": "Default"},
+                                                       "password": "secret"}}},
+        "scope": {"project": {"name": "admin", "domain": {"name": "Default"}}}}}).headers["X-Subject-Token"])
+
+
+@contextlib.contextmanager
+def open_lab(tmp: Path, hosts: tuple[str, ...] = ("h1", "h2")) -> Iterator[Lab]:
+    """A server, an underlay and one agent per host; all of it undone on exit, or at once when a step of
+    the setup fails (what was made is undone in reverse order, then the error goes on)."""
     STATE_DIRS.append(tmp)
-    lab_: Lab | None = None
-    try:
-        token = httpx.post(f"{server.url}/identity/v3/auth/tokens", json={"auth": {"identity": {
-            "methods": ["password"], "password": {"user": {"name": "admin", "domain": {"name": "Default"},
-                                                           "password": "secret"}}},
-            "scope": {"project": {"name": "admin", "domain": {"name": "Default"}}}}}).headers["X-Subject-Token"]
-        lab_ = Lab(server, httpx.Client(base_url=server.url, headers={"X-Auth-Token": token}, timeout=30))
-        for name in ("h1", "h2"):
+    prefix = f"nt{uuid.uuid4().hex[:6]}"
+    PREFIXES.append(prefix)  # before the underlay exists: a half-made one is checked too
+    with contextlib.ExitStack() as undo:
+        server = start_server(tmp, f"sqlite:///{tmp / 'neutrino.db'}", "sqlite",
+                              {"NEUTRINO_AGENT__AGENT_DOWN_SECONDS": "30"})
+        undo.callback(server.stop)
+        underlay = Underlay.create(prefix)
+        undo.callback(underlay.destroy)
+        api = httpx.Client(base_url=server.url, headers={"X-Auth-Token": admin_token(server)}, timeout=30)
+        undo.callback(api.close)
+        lab_ = Lab(server, api)
+        for name in hosts:
             host = underlay.add_host(name)
             state = tmp / name
             state.mkdir()
@@ -157,13 +203,14 @@ def lab(nothing_left_behind: None, tmp_path_factory: pytest.TempPathFactory) -> 
                        NEUTRINO_AGENT__LOCAL_IP=str(host.address.ip), NEUTRINO_AGENT__HEARTBEAT_SECONDS="2",
                        NEUTRINO_LOG__LEVEL="INFO", NEUTRINO_API__SOCKET="")
             agent = Agent(host, state, env)
+            undo.callback(agent.stop)
             agent.start()
             lab_.agents[name] = agent
-        lab_.wait("agents to register", lambda: len(lab_.call("GET", "/v2.0/agents")["agents"]) == 4)  # type: ignore[union-attr]
+        lab_.wait("agents to register", lambda: len(lab_.call("GET", "/v2.0/agents")["agents"]) == 2 * len(hosts))
         yield lab_
-    finally:
-        if lab_ is not None:
-            for agent in lab_.agents.values():
-                agent.stop()
-        underlay.destroy()
-        server.stop()
+
+
+@pytest.fixture(scope="module")
+def lab(nothing_left_behind: None, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
+    with open_lab(tmp_path_factory.mktemp("lab")) as lab_:
+        yield lab_

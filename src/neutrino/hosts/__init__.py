@@ -8,7 +8,8 @@ holder. Hosts reach each other over an underlay: a bridge in its own namespace (
 per host, addresses from 198.18.0.0/24 (the benchmarking range, never routed anywhere).
 
 ``destroy()`` kills every process in the host and its nested namespaces, then removes the namespaces:
-links die with them.
+links die with them. A ``create`` that fails half-way undoes what it made before raising (and never
+removes a namespace it did not make, e.g. one whose name was already taken).
 """
 
 from __future__ import annotations
@@ -49,11 +50,15 @@ class Underlay:
         return f"{self.prefix}-ul"
 
     @classmethod
-    def create(cls) -> Underlay:
-        ul = cls(prefix=f"nt{uuid.uuid4().hex[:6]}")
+    def create(cls, prefix: str | None = None) -> Underlay:
+        ul = cls(prefix=prefix or f"nt{uuid.uuid4().hex[:6]}")
         _ip("netns", "add", ul.namespace)
-        _ip("link", "add", "ul0", "type", "bridge", ns=ul.namespace)
-        _ip("link", "set", "ul0", "up", ns=ul.namespace)
+        try:
+            _ip("link", "add", "ul0", "type", "bridge", ns=ul.namespace)
+            _ip("link", "set", "ul0", "up", ns=ul.namespace)
+        except BaseException:
+            ul.destroy()
+            raise
         return ul
 
     def add_host(self, name: str) -> Host:
@@ -63,10 +68,12 @@ class Underlay:
         return host
 
     def destroy(self) -> None:
-        for host in self.hosts:
-            host.destroy()
-        self.hosts.clear()
-        subprocess.run(["ip", "netns", "del", self.namespace], check=False, capture_output=True)
+        # Every step runs even if an earlier one raised; the underlay's namespace goes last.
+        with contextlib.ExitStack() as stack:
+            stack.callback(subprocess.run, ["ip", "netns", "del", self.namespace], check=False, capture_output=True)
+            for host in self.hosts:
+                stack.callback(host.destroy)
+            self.hosts.clear()
 
 
 @dataclass
@@ -97,7 +104,7 @@ class Host:
             assert host.holder.stdout is not None
             if host.holder.stdout.readline().strip() != b"ready":
                 raise RuntimeError(f"host {name}: holder did not start")
-        except Exception:
+        except BaseException:
             host.destroy()
             raise
         return host
