@@ -282,6 +282,8 @@ def cmd_cleanup(cfg: config.Config) -> int:
     for spec in instances:
         lab.delete(spec.name)
         print(f"  instance {spec.name}: namespace lab-{spec.name} and its DHCP client removed")
+    for orphan in lab.sweep():  # lab taps and namespaces of ours that no instance record names
+        print(f"  orphaned lab device {orphan} removed")
     try:
         report = cleanup(s)  # the agent's pipeline run on the empty HostState
     except (KernelError, OSError) as exc:
