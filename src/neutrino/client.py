@@ -17,20 +17,12 @@ from typing import TYPE_CHECKING, Any
 
 import httpx
 
-from neutrino.errors import NeutrinoError
+from neutrino.errors import ClientError
 
 if TYPE_CHECKING:
     from neutrino.config import Config
 
 TokenSource = Callable[[], Awaitable[str]]
-
-
-class ClientError(NeutrinoError):
-    """A call to the server failed; ``status`` is the HTTP status (None: no answer at all)."""
-
-    def __init__(self, message: str, status: int | None = None) -> None:
-        super().__init__(message)
-        self.status = status
 
 
 @dataclass(frozen=True, slots=True)

@@ -14,6 +14,7 @@ at the dataplane boundary and carry the object and namespace they concern.
     │   ├── PreconditionFailed (412) ── RevisionNumberConstraintFailed
     │   └── RequestTooLarge (413)
     ├── ConfigError
+    ├── ClientError (status): neutrino's CLI and agents calling the server
     └── KernelError (object, namespace, errno)
 """
 
@@ -118,6 +119,15 @@ class ServiceUnavailable(ApiError):
 
     status = 503
     type = "ServiceUnavailable"
+
+
+class ClientError(NeutrinoError):
+    """A call from neutrino's own tools to its server failed (one line for the user); ``status`` is the
+    HTTP status, None when nothing answered."""
+
+    def __init__(self, message: str, status: int | None = None) -> None:
+        super().__init__(message)
+        self.status = status
 
 
 class KernelError(NeutrinoError):

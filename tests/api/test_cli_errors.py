@@ -14,7 +14,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from neutrino.client import Client, ClientError, Credentials
+from neutrino.client import Client, Credentials
+from neutrino.errors import ClientError
 from tests.api.conftest import VENV_BIN, Server, free_port, start_server
 
 NEUTRINO = str(VENV_BIN / "neutrino")

@@ -16,9 +16,9 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from neutrino.client import Client, ClientError, for_config
+from neutrino.client import Client, for_config
 from neutrino.config import Config
-from neutrino.errors import NeutrinoError
+from neutrino.errors import ClientError, NeutrinoError
 from neutrino.intent.model import DeviceOwner
 from neutrino.lab.instances import Instances, InstanceSpec, check_name
 
