@@ -28,9 +28,8 @@ from urllib.parse import quote, urlencode
 
 import httpx
 
-from neutrino.api.agents import AGENT
 from neutrino.api.attributes import ResourceSpec
-from neutrino.api.resources import NETWORK, PORT, SUBNET
+from neutrino.api.resources import AGENT, NETWORK, PORT, SUBNET
 
 SPECS: tuple[ResourceSpec, ...] = (NETWORK, SUBNET, PORT, AGENT)
 TAGGABLE = ("networks", "subnets", "ports", "agents", "routers")

@@ -21,6 +21,12 @@ def register(raw: Raw, host: str, tunnel_ip: str = "192.0.2.1") -> dict[str, str
     return ids
 
 
+def unregister(raw: Raw, ids: dict[str, str]) -> None:
+    """Agents left alive would give DHCP ports to other tests' networks on this shared server."""
+    for agent_id in ids.values():
+        assert raw("DELETE", f"/v2.0/agents/{agent_id}").status_code == 204
+
+
 def dhcp_ports(raw: Raw, network_id: str) -> list[dict[str, Any]]:
     return list(raw("GET", "/v2.0/ports", params={"network_id": network_id,
                                                  "device_owner": "network:dhcp"}).json()["ports"])
@@ -76,15 +82,17 @@ def test_dhcp_scheduling_and_ports(raw: Raw, admin: openstack.connection.Connect
         for p in admin.network.ports(network_id=net.id):
             admin.network.delete_port(p)
         admin.network.delete_network(net)
+        unregister(raw, ids)
 
 
 def test_binding_needs_a_live_l2_agent(raw: Raw, admin: openstack.connection.Connection) -> None:
     net = admin.network.create_network(name="bind")
+    ids: dict[str, str] = {}
     try:
         nobody = raw("POST", "/v2.0/ports", json={"port": {"network_id": net.id, "binding:host_id": "no-such-host"}})
         assert nobody.json()["port"]["binding:vif_type"] == "binding_failed"
         host = f"host-{uuid.uuid4().hex[:6]}"
-        register(raw, host)
+        ids = register(raw, host)
         ok = raw("POST", "/v2.0/ports", json={"port": {"network_id": net.id, "binding:host_id": host}}).json()["port"]
         assert ok["binding:vif_type"] == "bridge" and ok["status"] == "DOWN"
         # The agent says the port is wired: it goes ACTIVE.
@@ -96,6 +104,7 @@ def test_binding_needs_a_live_l2_agent(raw: Raw, admin: openstack.connection.Con
         for p in admin.network.ports(network_id=net.id):
             admin.network.delete_port(p)
         admin.network.delete_network(net)
+        unregister(raw, ids)
 
 
 def test_agents_are_admin_only(raw: Raw) -> None:

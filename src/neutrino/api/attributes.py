@@ -7,10 +7,10 @@ validated dict of API-named values (or a Neutron-style 400/403), so the services
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
-from sqlalchemy import Column, Table
+from sqlalchemy import Table
 
 from neutrino.api import validate as v
 from neutrino.context import RequestContext
@@ -22,7 +22,7 @@ MISSING: Any = object()
 @dataclass(frozen=True, slots=True)
 class Attr:
     name: str
-    column: str | None = None        # DB column for filtering and sorting; None: not a plain column
+    column: str | None = None        # DB column for filtering and sorting (set by ``with_columns``)
     post: bool = False               # may be given on create
     put: bool = False                # may be given on update
     required: bool = False
@@ -31,7 +31,7 @@ class Attr:
     admin_write: bool = False        # a non-admin giving a non-default value gets 403
     admin_read: bool = False         # hidden from non-admins
     filter: Callable[[str], Any] | None = None  # converts a query-string value; None: use str
-    sortable: bool = True
+    sortable: bool = True            # False: no filtering or sorting by its column (JSON, computed)
 
 
 def _bool_filter(value: str) -> bool:
@@ -55,28 +55,29 @@ class ResourceSpec:
     collection: str
     table: Table
     attrs: Mapping[str, Attr]
-    # Filters that need more than a column comparison: attribute -> builder(values) -> SQL condition.
-    special_filters: Mapping[str, Callable[[list[str]], Any]] = field(default_factory=dict)
+    # Filters that need more than a column comparison: attribute -> builder(values) -> SQL condition
+    # (the services' ``FILTERS``).
+    special_filters: Mapping[str, Callable[[list[Any]], Any]] = field(default_factory=dict)
 
-    def column(self, attr: str) -> Column[Any] | None:
-        spec = self.attrs.get(attr)
-        if spec is None or spec.column is None:
-            return None
-        return self.table.c[spec.column]
+
+def with_columns(columns: Mapping[str, str], attrs: Mapping[str, Attr]) -> dict[str, Attr]:
+    """The attributes with their filter/sort column from the service's attribute -> column map (the one
+    declaration of it); an attribute marked not sortable (JSON, computed) gets none."""
+    return {name: replace(a, column=columns.get(name) if a.sortable else None) for name, a in attrs.items()}
 
 
 def standard_attrs(*, name_post: bool = True) -> dict[str, Attr]:
     """id, name, description, project ids, revision, timestamps, tags: on every resource."""
     s255 = v.string(255)
     return {
-        "id": Attr("id", "id", filter=str),
-        "name": Attr("name", "name", post=name_post, put=True, default="", validate=s255),
-        "description": Attr("description", "description", post=True, put=True, default="", validate=s255),
-        "project_id": Attr("project_id", "project_id", post=True, validate=s255),
-        "tenant_id": Attr("tenant_id", "project_id", post=True, validate=s255),
-        "revision_number": Attr("revision_number", "revision_number", filter=_int_filter),
-        "created_at": Attr("created_at", "created_at", filter=v.timestamp),
-        "updated_at": Attr("updated_at", "updated_at", filter=v.timestamp),
+        "id": Attr("id", filter=str),
+        "name": Attr("name", post=name_post, put=True, default="", validate=s255),
+        "description": Attr("description", post=True, put=True, default="", validate=s255),
+        "project_id": Attr("project_id", post=True, validate=s255),
+        "tenant_id": Attr("tenant_id", post=True, validate=s255),
+        "revision_number": Attr("revision_number", filter=_int_filter),
+        "created_at": Attr("created_at", filter=v.timestamp),
+        "updated_at": Attr("updated_at", filter=v.timestamp),
         "tags": Attr("tags", sortable=False),
     }
 

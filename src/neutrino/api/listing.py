@@ -1,8 +1,8 @@
 """Neutron's list conventions: filters, fields, sorting, pagination, tag filters.
 
-``parse_list_query`` reads the query string into a ``ListQuery``; ``select_page`` turns it into one SQL
-statement over the resource's table (filters and tag filters as WHERE, keyset pagination from the marker
-row, ``limit`` rows); ``page_links`` builds ``<collection>_links`` by Neutron's rules.
+``parse_list_query`` reads the query string into a ``ListQuery``; ``page_of`` hands it to
+``services.listing`` in column terms (which makes it one SQL statement); ``page_links`` builds
+``<collection>_links`` by Neutron's rules.
 """
 
 from __future__ import annotations
@@ -10,15 +10,13 @@ from __future__ import annotations
 import datetime as dt
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 from urllib.parse import urlencode
 
-from sqlalchemy import Connection, Select, and_, false, func, not_, or_, select, true
-
 from neutrino.api import validate as v
 from neutrino.api.attributes import ResourceSpec
-from neutrino.db.schema import tags as tags_table
-from neutrino.errors import not_found
+from neutrino.services.listing import Filter, Page
 
 MAX_LIMIT = 1 << 31
 RESERVED = {"fields", "sort_key", "sort_dir", "limit", "marker", "page_reverse",
@@ -125,81 +123,20 @@ def _convert(resource: ResourceSpec, key: str, value: str) -> Any:
         raise v.invalid(key, str(exc)) from None
 
 
-def where_clauses(resource: ResourceSpec, q: ListQuery) -> list[Any]:
-    t = resource.table
-    out: list[Any] = []
+def page_of(resource: ResourceSpec, q: ListQuery) -> Page:
+    """The query in column terms, for ``services.listing`` (values are converted as the SQL is built, in
+    query-string order, so the first bad value is the one reported)."""
+    filters = []
     for key, values in q.filters.items():
-        special = resource.special_filters.get(key)
-        if special is not None:
-            out.append(special(values))
-            continue
-        column = resource.column(key)
-        assert column is not None
-        converted = [_convert(resource, key, value) for value in values]
-        out.append(column == converted[0] if len(converted) == 1 else column.in_(converted))
-    tid = t.c.id
-    tag_q = select(tags_table.c.resource_id)
-    if q.tags_all:
-        out.append(tid.in_(tag_q.where(tags_table.c.tag.in_(q.tags_all))
-                           .group_by(tags_table.c.resource_id)
-                           .having(func.count() == len(set(q.tags_all)))))
-    if q.tags_any:
-        out.append(tid.in_(tag_q.where(tags_table.c.tag.in_(q.tags_any))))
-    if q.not_tags_all:
-        out.append(not_(tid.in_(tag_q.where(tags_table.c.tag.in_(q.not_tags_all))
-                                .group_by(tags_table.c.resource_id)
-                                .having(func.count() == len(set(q.not_tags_all))))))
-    if q.not_tags_any:
-        out.append(not_(tid.in_(tag_q.where(tags_table.c.tag.in_(q.not_tags_any)))))
-    if q.changed_since is not None:
-        out.append(t.c.updated_at >= q.changed_since)
-    return out
-
-
-def select_page(conn: Connection, resource: ResourceSpec, q: ListQuery, scope: Any) -> tuple[Select[Any], bool]:
-    """The SELECT for one page, and whether sort order is reversed (page_reverse)."""
-    t = resource.table
-    stmt = select(t).where(scope, *where_clauses(resource, q))
-    keys = [(resource.column(key), asc) for key, asc in q.sorts]
-    if not any(col is not None and col.name == "id" for col, _ in keys):
-        keys.append((t.c.id, keys[0][1] if keys else True))
-    reverse = q.page_reverse
-    if q.marker is not None and q.limit is not None:
-        marker = conn.execute(select(t).where(t.c.id == q.marker, scope)).first()
-        if marker is None:
-            raise not_found(resource.name.capitalize().replace("_", ""), q.marker)
-        stmt = stmt.where(_after(keys, marker, reverse))
-    order = []
-    for col, asc in keys:
-        assert col is not None
-        # NULLs first going forward on every backend (PostgreSQL would put them last), so that order by,
-        # keyset condition and reverse paging agree.
-        order.append(col.asc().nulls_first() if asc != reverse else col.desc().nulls_last())
-    stmt = stmt.order_by(*order)
-    if q.limit is not None:
-        stmt = stmt.limit(q.limit)
-    return stmt, reverse
-
-
-def _after(keys: list[tuple[Any, bool]], marker: Any, reverse: bool) -> Any:
-    """Rows strictly after the marker in sort order (lexicographic over the sort keys, NULL lowest)."""
-    ors = []
-    eqs: list[Any] = []
-    for col, asc in keys:
-        value = marker._mapping[col.name]
-        forward = asc != reverse
-        if value is None:
-            beyond = col.is_not(None) if forward else false()
-            same = col.is_(None)
-        elif isinstance(value, bool):  # no < on booleans in SQL: false sorts before true
-            beyond = col == (not value) if forward != value else false()
-            same = col == value
-        else:
-            beyond = col > value if forward else or_(col < value, col.is_(None))
-            same = col == value
-        ors.append(and_(*eqs, beyond))
-        eqs.append(same)
-    return or_(*ors) if ors else true()
+        column = None if key in resource.special_filters else resource.attrs[key].column
+        filters.append(Filter(key, column, values, partial(_convert, resource, key)))
+    return Page(
+        filters=tuple(filters),
+        sorts=tuple((str(resource.attrs[key].column), asc) for key, asc in q.sorts),
+        limit=q.limit, marker=q.marker, page_reverse=q.page_reverse,
+        tags_all=q.tags_all, tags_any=q.tags_any, not_tags_all=q.not_tags_all, not_tags_any=q.not_tags_any,
+        changed_since=q.changed_since,
+    )
 
 
 def page_links(base_url: str, collection: str, params: Sequence[tuple[str, str]], q: ListQuery,

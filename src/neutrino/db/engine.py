@@ -2,8 +2,8 @@
 
 SQLite (the embedded default) runs in WAL mode; readers never block, and writers take one in-process
 lock and ``BEGIN IMMEDIATE`` so a read-modify-write (IPAM, MAC, quota) can never interleave with another.
-PostgreSQL runs READ COMMITTED; code that allocates locks its parent row with ``lock_for_update`` and
-the unique keys in the schema are the last line of defence, with the whole transaction retried on a
+PostgreSQL runs READ COMMITTED; code that allocates locks its parent row with ``lock_row`` and the
+unique keys in the schema are the last line of defence, with the whole transaction retried on a
 unique violation or serialization failure.
 """
 
@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import orjson
-from sqlalchemy import Connection, Engine, create_engine, event
+from sqlalchemy import Connection, Engine, Table, create_engine, event, select
 from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
 from sqlalchemy.pool import QueuePool
 
@@ -77,12 +77,17 @@ class Database:
                 time.sleep(0.002 * (attempt + 1))
         raise AssertionError("unreachable")
 
-    def lock_for_update(self, conn: Connection, stmt: Any) -> Any:
-        """``SELECT … FOR UPDATE`` on PostgreSQL; SQLite is already serialized."""
-        return stmt if self.is_sqlite else stmt.with_for_update()
-
     def dispose(self) -> None:
         self.engine.dispose()
+
+
+def lock_row(conn: Connection, table: Table, row_id: str) -> None:
+    """Hold ``row_id`` of ``table`` until the transaction ends (``SELECT … FOR UPDATE``), so that
+    read-then-insert work under it (IPAM, MACs) queues instead of colliding. A no-op on SQLite, whose
+    writers are already serialized (one in-process lock + ``BEGIN IMMEDIATE``)."""
+    if conn.dialect.name == "sqlite":
+        return
+    conn.execute(select(table.c.id).where(table.c.id == row_id).with_for_update())
 
 
 def _json_dumps(value: Any) -> str:

@@ -22,6 +22,9 @@ BINARY = "neutrino-agent"
 
 
 TOPICS = {AgentType.DHCP: "dhcp_agent", AgentType.L2: "N/A"}
+# API attribute -> column (see standard.COLUMNS)
+COLUMNS = {c: c for c in ("id", "agent_type", "binary", "topic", "host", "admin_state_up", "description",
+                          "availability_zone", "configurations", "created_at", "started_at", "heartbeat_timestamp")}
 
 
 def scope(ctx: RequestContext) -> Any:
@@ -71,7 +74,7 @@ def create(core: Core, conn: Connection, ctx: RequestContext, data: dict[str, An
 def update(core: Core, conn: Connection, ctx: RequestContext, agent_id: str, data: dict[str, Any],
            if_match: str | None) -> None:
     fetch(conn, ctx, agent_id)
-    values = {k: data[k] for k in ("admin_state_up", "description") if k in data}
+    values = standard.columns_of(data, COLUMNS)
     conn.execute(sql_update(agents).where(agents.c.id == agent_id).values(**values))
     standard.emit(conn, "agent", agent_id, "update")
 

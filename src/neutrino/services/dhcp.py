@@ -13,10 +13,12 @@ from typing import Any
 
 from sqlalchemy import Connection, delete, func, insert, select, true
 
+from neutrino.context import RequestContext
 from neutrino.db.schema import agents, dhcp_bindings, ipallocations, networks, ports, subnets
-from neutrino.errors import Conflict
+from neutrino.errors import Conflict, NotFound
 from neutrino.intent.model import AgentType, DeviceOwner
-from neutrino.services import addresses, standard
+from neutrino.services import addresses, rows, standard
+from neutrino.services import networks as net_service
 from neutrino.services import ports as port_service
 from neutrino.services.agents import is_alive
 from neutrino.services.core import Core
@@ -74,7 +76,7 @@ def reconcile_network(conn: Connection, core: Core, network_id: str) -> None:
                                                 ports.c.device_owner == DeviceOwner.DHCP)).all()
     for port in existing:
         if port.binding_host_id not in hosts or not wanted_subnets:
-            _delete_port(conn, port)
+            rows.delete_ports(conn, [port])
         else:
             _fix_addresses(conn, core, port, wanted_subnets)
             hosts.discard(port.binding_host_id)
@@ -86,16 +88,13 @@ def _create_port(conn: Connection, core: Core, network_id: str, host: str, subne
     project_id = conn.execute(select(networks.c.project_id).where(networks.c.id == network_id)).scalar_one()
     mac = port_service.unique_mac(conn, core, network_id, None)
     ips = _addresses(conn, core, network_id, [], subnet_ids, mac)
-    port_id = str(uuid.uuid4())
-    conn.execute(insert(ports).values(**standard.stamp_new({
-        "id": port_id, "project_id": project_id, "name": "", "description": "", "network_id": network_id,
+    rows.insert_port(conn, {
+        "project_id": project_id, "name": "", "description": "", "network_id": network_id,
         "mac_address": mac, "admin_state_up": True, "status": "DOWN", "device_id": device_id(host, network_id),
         "device_owner": DeviceOwner.DHCP.value, "port_security_enabled": False, "security_groups": [],
         "allowed_address_pairs": [], "extra_dhcp_opts": [], "binding_host_id": host,
         "binding_vnic_type": "normal", "binding_profile": {}, **port_service.binding(conn, core, host),
-    })))
-    port_service.store_ips(conn, port_id, network_id, ips)
-    standard.emit(conn, "port", port_id, "create", network_id=network_id, host=host)
+    }, ips)
 
 
 def _fix_addresses(conn: Connection, core: Core, port: Any, subnet_ids: list[str]) -> None:
@@ -109,8 +108,7 @@ def _fix_addresses(conn: Connection, core: Core, port: Any, subnet_ids: list[str
                      port.mac_address)
     if ips == [(sid, ip) for sid, ip in current]:
         return
-    conn.execute(delete(ipallocations).where(ipallocations.c.port_id == port.id))
-    port_service.store_ips(conn, port.id, port.network_id, ips)
+    rows.replace_ips(conn, port.id, port.network_id, ips)
     standard.bump(conn, ports, port.id)
     standard.emit(conn, "port", port.id, "update", network_id=port.network_id, host=port.binding_host_id)
 
@@ -129,12 +127,6 @@ def _addresses(conn: Connection, core: Core, network_id: str, keep: list[tuple[s
     return out
 
 
-def _delete_port(conn: Connection, port: Any) -> None:
-    conn.execute(delete(ipallocations).where(ipallocations.c.port_id == port.id))
-    conn.execute(delete(ports).where(ports.c.id == port.id))
-    standard.emit(conn, "port", port.id, "delete", network_id=port.network_id, host=port.binding_host_id)
-
-
 def schedule_unscheduled(conn: Connection, core: Core) -> None:
     """After an agent appears: every network that needs DHCP and lacks agents gets them."""
     needing = {r[0] for r in conn.execute(select(subnets.c.network_id).where(subnets.c.enable_dhcp == true()))}
@@ -142,8 +134,42 @@ def schedule_unscheduled(conn: Connection, core: Core) -> None:
         reconcile_network(conn, core, network_id)
 
 
-def add_network(conn: Connection, core: Core, agent_id: str, network_id: str) -> None:
+def agent(conn: Connection, agent_id: str) -> Any:
+    """The DHCP agent ``agent_id``: AgentNotFound, or InvalidDHCPAgent when it is another kind."""
+    row = conn.execute(select(agents).where(agents.c.id == agent_id)).first()
+    if row is None:
+        raise NotFound(f"Agent {agent_id} could not be found.", type="AgentNotFound")
+    if row.agent_type != AgentType.DHCP.value:
+        raise Conflict(f"Agent {agent_id} is not a DHCP Agent or has been disabled.", type="InvalidDHCPAgent")
+    return row
+
+
+def _bound(conn: Connection, agent_id: str, network_id: str) -> bool:
+    return conn.execute(select(dhcp_bindings).where(dhcp_bindings.c.agent_id == agent_id,
+                                                    dhcp_bindings.c.network_id == network_id)).first() is not None
+
+
+def networks_of(conn: Connection, agent_id: str) -> list[Any]:
+    """The network rows a DHCP agent hosts, oldest first."""
+    agent(conn, agent_id)
+    return list(conn.execute(select(networks).join(dhcp_bindings, dhcp_bindings.c.network_id == networks.c.id)
+                             .where(dhcp_bindings.c.agent_id == agent_id).order_by(networks.c.created_at)).all())
+
+
+def agents_of(conn: Connection, ctx: RequestContext, network_id: str) -> list[Any]:
+    """The agent rows hosting a network, by host."""
+    net_service.fetch(conn, ctx, network_id)
+    return list(conn.execute(select(agents).join(dhcp_bindings, dhcp_bindings.c.agent_id == agents.c.id)
+                             .where(dhcp_bindings.c.network_id == network_id).order_by(agents.c.host)).all())
+
+
+def add_network(conn: Connection, core: Core, ctx: RequestContext, agent_id: str, network_id: str) -> None:
     """Admin: bind a network to a DHCP agent explicitly."""
+    agent(conn, agent_id)
+    net_service.fetch(conn, ctx, network_id)
+    if _bound(conn, agent_id, network_id):
+        raise Conflict(f"The network {network_id} has been already hosted by the DHCP Agent {agent_id}.",
+                       type="NetworkHostedByDHCPAgent")
     conn.execute(insert(dhcp_bindings).values(network_id=network_id, agent_id=agent_id))
     host = conn.execute(select(agents.c.host).where(agents.c.id == agent_id)).scalar_one()
     standard.emit(conn, "dhcp_binding", network_id, "create", network_id=network_id, host=host)
@@ -151,6 +177,10 @@ def add_network(conn: Connection, core: Core, agent_id: str, network_id: str) ->
 
 
 def remove_network(conn: Connection, core: Core, agent_id: str, network_id: str) -> None:
+    agent(conn, agent_id)
+    if not _bound(conn, agent_id, network_id):
+        raise Conflict(f"The network {network_id} is not hosted by the DHCP agent {agent_id}.",
+                       type="NetworkNotHostedByDhcpAgent")
     conn.execute(delete(dhcp_bindings).where(dhcp_bindings.c.network_id == network_id,
                                              dhcp_bindings.c.agent_id == agent_id))
     host = conn.execute(select(agents.c.host).where(agents.c.id == agent_id)).scalar_one()
@@ -159,7 +189,6 @@ def remove_network(conn: Connection, core: Core, agent_id: str, network_id: str)
     # ports follow; a later subnet change may schedule the network again.
     hosts = {r[0] for r in conn.execute(select(agents.c.host).join(
         dhcp_bindings, dhcp_bindings.c.agent_id == agents.c.id).where(dhcp_bindings.c.network_id == network_id))}
-    for port in conn.execute(select(ports).where(ports.c.network_id == network_id,
-                                                 ports.c.device_owner == DeviceOwner.DHCP)).all():
-        if port.binding_host_id not in hosts:
-            _delete_port(conn, port)
+    rows.delete_ports(conn, [port for port in conn.execute(select(ports).where(
+        ports.c.network_id == network_id, ports.c.device_owner == DeviceOwner.DHCP)).all()
+        if port.binding_host_id not in hosts])

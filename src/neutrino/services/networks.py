@@ -6,15 +6,31 @@ import uuid
 from collections.abc import Sequence
 from typing import Any
 
-from sqlalchemy import Connection, delete, func, insert, select, true
+from sqlalchemy import Connection, func, insert, select, true
 
 from neutrino.config import NetworkConfig
 from neutrino.context import RequestContext
-from neutrino.db.schema import ipallocations, networks, ports, subnets
+from neutrino.db.schema import networks, ports, subnets
 from neutrino.errors import Conflict, Forbidden, InUse, InvalidInput
 from neutrino.intent.model import DeviceOwner
-from neutrino.services import quotas, standard
+from neutrino.services import quotas, rows, standard
 from neutrino.services.core import Core, guard_change, require_writer
+
+COLUMNS = {**standard.COLUMNS, "admin_state_up": "admin_state_up", "status": "status", "shared": "shared",
+           "router:external": "router_external", "mtu": "mtu", "port_security_enabled": "port_security_enabled",
+           "provider:network_type": "network_type", "provider:physical_network": "physical_network",
+           "provider:segmentation_id": "segmentation_id", "availability_zone_hints": "availability_zone_hints"}
+
+
+def _on_subnets(values: list[str]) -> Any:
+    return networks.c.id.in_(select(subnets.c.network_id).where(subnets.c.id.in_(values)))
+
+
+def _on_physnet(values: list[str]) -> Any:
+    return networks.c.physical_network.in_(values)
+
+
+FILTERS = {"subnets": _on_subnets, "provider:physical_network": _on_physnet}
 
 
 def scope(ctx: RequestContext) -> Any:
@@ -157,12 +173,7 @@ def update(core: Core, conn: Connection, ctx: RequestContext, network_id: str, d
            if_match: str | None) -> None:
     row = fetch(conn, ctx, network_id)
     guard_change(ctx, row.project_id, "update_network", row.revision_number, if_match)
-    values: dict[str, Any] = {}
-    for attr, column in (("name", "name"), ("description", "description"), ("admin_state_up", "admin_state_up"),
-                         ("shared", "shared"), ("router:external", "router_external"), ("mtu", "mtu"),
-                         ("port_security_enabled", "port_security_enabled")):
-        if attr in data:
-            values[column] = data[attr]
+    values = standard.columns_of(data, COLUMNS)
     if "mtu" in values and values["mtu"] > _max_mtu(core.cfg.network, row.network_type):
         raise InvalidInput(f"Requested MTU is too big, maximum is {_max_mtu(core.cfg.network, row.network_type)}")
     if values.get("mtu", IPV6_MIN_MTU) < IPV6_MIN_MTU and conn.execute(select(subnets.c.id).where(
@@ -190,16 +201,7 @@ def delete_(core: Core, conn: Connection, ctx: RequestContext, network_id: str, 
     if busy is not None:
         raise InUse(f"Unable to complete operation on network {network_id}. "
                     "There are one or more ports still in use on the network.", type="NetworkInUse")
-    for (port_id,) in conn.execute(select(ports.c.id).where(ports.c.network_id == network_id)).all():
-        standard.emit(conn, "port", port_id, "delete", network_id=network_id)
-    conn.execute(delete(ipallocations).where(ipallocations.c.network_id == network_id))
-    conn.execute(delete(ports).where(ports.c.network_id == network_id))
-    for (subnet_id,) in conn.execute(select(subnets.c.id).where(subnets.c.network_id == network_id)).all():
-        standard.emit(conn, "subnet", subnet_id, "delete", network_id=network_id)
-    conn.execute(delete(subnets).where(subnets.c.network_id == network_id))
-    standard.set_tags(conn, "network", network_id, [])
-    conn.execute(delete(networks).where(networks.c.id == network_id))
-    standard.emit(conn, "network", network_id, "delete", network_id=network_id)
+    rows.delete_network(conn, network_id)
 
 
 def view(conn: Connection, rows: Sequence[Any], ctx: RequestContext) -> list[dict[str, Any]]:

@@ -2,22 +2,55 @@
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import Sequence
 from typing import Any
 
-from sqlalchemy import Connection, delete, insert, select, true
+from sqlalchemy import Connection, or_, select, true
 
 from neutrino.context import RequestContext
+from neutrino.db.engine import lock_row
 from neutrino.db.schema import ipallocations, networks, ports
 from neutrino.errors import Conflict, PolicyNotAuthorized
 from neutrino.intent.model import NETWORK_OWNER_PREFIX, AgentType
 from neutrino.ipam.macs import random_mac
-from neutrino.services import addresses, agents, quotas, standard
+from neutrino.services import addresses, agents, quotas, rows, standard
 from neutrino.services import networks as net_service
 from neutrino.services.core import Core, guard_change, require_writer
+from neutrino.services.listing import invalid
 
 VIF_DETAILS = {"port_filter": True, "connectivity": "l2"}
+
+
+COLUMNS = {**standard.COLUMNS, **{attr: attr.replace(":", "_") for attr in (
+    "network_id", "admin_state_up", "status", "mac_address", "device_id", "device_owner", "security_groups",
+    "port_security_enabled", "allowed_address_pairs", "extra_dhcp_opts", "binding:host_id", "binding:vnic_type",
+    "binding:vif_type", "binding:vif_details", "binding:profile")}}
+MAX_SUBSTR_FILTERS = 64
+
+
+def _on_fixed_ips(values: list[str]) -> Any:
+    """``fixed_ips=ip_address=X`` / ``subnet_id=Y`` / ``ip_address_substr=Z`` as Neutron reads them: ports
+    with one allocation matching every given key, repeated values of one key OR'd (IN, however many)."""
+    by_key: dict[str, list[str]] = {}
+    for value in values:
+        key, sep, want = value.partition("=")
+        if not sep or key not in ("ip_address", "subnet_id", "ip_address_substr"):
+            raise invalid("fixed_ips", f"'{value}' is not of the form ip_address=... or subnet_id=...")
+        by_key.setdefault(key, []).append(want)
+    conds: list[Any] = []
+    if "ip_address" in by_key:
+        conds.append(ipallocations.c.ip_address.in_(by_key["ip_address"]))
+    if "subnet_id" in by_key:
+        conds.append(ipallocations.c.subnet_id.in_(by_key["subnet_id"]))
+    if "ip_address_substr" in by_key:
+        if len(by_key["ip_address_substr"]) > MAX_SUBSTR_FILTERS:
+            raise invalid("fixed_ips", f"at most {MAX_SUBSTR_FILTERS} ip_address_substr values")
+        conds.append(or_(*(ipallocations.c.ip_address.contains(want, autoescape=True)
+                           for want in by_key["ip_address_substr"])))
+    return ports.c.id.in_(select(ipallocations.c.port_id).where(*conds))
+
+
+FILTERS = {"fixed_ips": _on_fixed_ips}
 
 
 def scope(ctx: RequestContext) -> Any:
@@ -89,29 +122,20 @@ def _merge_dhcp_opts(current: list[dict[str, Any]], given: list[dict[str, Any]])
             for (name, version), value in sorted(merged.items()) if value is not None]
 
 
-def store_ips(conn: Connection, port_id: str, network_id: str, ips: list[tuple[str, str]]) -> None:
-    if ips:
-        conn.execute(insert(ipallocations), [
-            {"port_id": port_id, "subnet_id": sid, "network_id": network_id, "ip_address": ip, "position": n}
-            for n, (sid, ip) in enumerate(ips)])
-
-
 def create(core: Core, conn: Connection, ctx: RequestContext, data: dict[str, Any]) -> str:
     require_writer(ctx, "create_port")
     net = net_service.fetch(conn, ctx, data["network_id"])
     net_service.check_can_use(net, ctx, "port")
     _check_network_owner_attrs(ctx, net, data, "create_port")
     quotas.check(conn, core.cfg.quotas, data["project_id"], "port")
-    if not core.cfg.database_url.startswith("sqlite"):
-        conn.execute(select(networks.c.id).where(networks.c.id == net.id).with_for_update())
+    lock_row(conn, networks, net.id)  # allocations on one network queue instead of colliding
     port_security = data.get("port_security_enabled", net.port_security_enabled)
     _check_pairs(port_security, data["allowed_address_pairs"])
     mac = unique_mac(conn, core, net.id, data.get("mac_address"))
     ips = addresses.allocate(core, conn, net.id, data.get("fixed_ips"), mac, data["device_owner"])
-    port_id = str(uuid.uuid4())
     host = data["binding:host_id"]
-    conn.execute(insert(ports).values(**standard.stamp_new({
-        "id": port_id, "project_id": data["project_id"], "name": data["name"],
+    return rows.insert_port(conn, {
+        "project_id": data["project_id"], "name": data["name"],
         "description": data["description"], "network_id": net.id, "mac_address": mac,
         "admin_state_up": data["admin_state_up"], "status": "DOWN", "device_id": data["device_id"],
         "device_owner": data["device_owner"], "port_security_enabled": port_security,
@@ -120,10 +144,7 @@ def create(core: Core, conn: Connection, ctx: RequestContext, data: dict[str, An
         "extra_dhcp_opts": _merge_dhcp_opts([], data["extra_dhcp_opts"]),
         "binding_host_id": host, "binding_vnic_type": data["binding:vnic_type"],
         "binding_profile": data["binding:profile"], **binding(conn, core, host),
-    })))
-    store_ips(conn, port_id, net.id, ips)
-    standard.emit(conn, "port", port_id, "create", network_id=net.id, host=host or None)
-    return port_id
+    }, ips)
 
 
 def update(core: Core, conn: Connection, ctx: RequestContext, port_id: str, data: dict[str, Any],
@@ -143,20 +164,10 @@ def update(core: Core, conn: Connection, ctx: RequestContext, port_id: str, data
         if not ctx.is_admin:
             raise PolicyNotAuthorized("rule:update_port:mac_address")
         data["mac_address"] = unique_mac(conn, core, row.network_id, data["mac_address"])
-    values: dict[str, Any] = {}
-    for attr, column in (("name", "name"), ("description", "description"), ("admin_state_up", "admin_state_up"),
-                         ("device_id", "device_id"), ("device_owner", "device_owner"),
-                         ("mac_address", "mac_address"), ("security_groups", "security_groups"),
-                         ("port_security_enabled", "port_security_enabled"),
-                         ("allowed_address_pairs", "allowed_address_pairs"),
-                         ("extra_dhcp_opts", "extra_dhcp_opts"), ("binding:vnic_type", "binding_vnic_type"),
-                         ("binding:profile", "binding_profile")):
-        if attr in data:
-            values[column] = data[attr]
+    values = standard.columns_of(data, COLUMNS)
     _check_pairs(values.get("port_security_enabled", row.port_security_enabled),
                  values.get("allowed_address_pairs", row.allowed_address_pairs))
     if "binding:host_id" in data:
-        values["binding_host_id"] = data["binding:host_id"]
         values.update(binding(conn, core, data["binding:host_id"]))
         if data["binding:host_id"] != row.binding_host_id:
             values["status"] = "DOWN"
@@ -171,8 +182,7 @@ def update(core: Core, conn: Connection, ctx: RequestContext, port_id: str, data
         ips = addresses.allocate(core, conn, row.network_id, requested, values.get("mac_address", row.mac_address),
                                  owner, keep=current)
         if ips != current:
-            conn.execute(delete(ipallocations).where(ipallocations.c.port_id == port_id))
-            store_ips(conn, port_id, row.network_id, ips)
+            rows.replace_ips(conn, port_id, row.network_id, ips)
             ips_changed = True
     if not values and not ips_changed:
         return
@@ -201,10 +211,7 @@ def delete_(core: Core, conn: Connection, ctx: RequestContext, port_id: str, if_
     row = fetch(conn, ctx, port_id)
     guard_change(ctx, row.project_id, "delete_port", row.revision_number, if_match,
                  owner_only=False)
-    conn.execute(delete(ipallocations).where(ipallocations.c.port_id == port_id))
-    standard.set_tags(conn, "port", port_id, [])
-    conn.execute(delete(ports).where(ports.c.id == port_id))
-    standard.emit(conn, "port", port_id, "delete", network_id=row.network_id, host=row.binding_host_id or None)
+    rows.delete_ports(conn, [row])
 
 
 def load_fixed_ips(conn: Connection, ids: Sequence[str]) -> dict[str, list[dict[str, str]]]:

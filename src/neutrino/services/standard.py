@@ -8,13 +8,24 @@ consistent history.
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 from sqlalchemy import Connection, Table, delete, insert, select, update
 
 from neutrino.db.schema import changes, tags
 from neutrino.errors import InvalidInput, PreconditionFailed, not_found
+
+# API attribute -> column for the attributes every resource shares. Each service extends it with its own
+# (``COLUMNS``): the one declaration the API derives its filter and sort columns from and updates write by.
+COLUMNS = {"id": "id", "name": "name", "description": "description", "project_id": "project_id",
+           "tenant_id": "project_id", "revision_number": "revision_number", "created_at": "created_at",
+           "updated_at": "updated_at"}
+
+
+def columns_of(data: dict[str, Any], columns: dict[str, str]) -> dict[str, Any]:
+    """The values of ``data`` (API-named) that are stored as they are, by column."""
+    return {columns[attr]: value for attr, value in data.items() if attr in columns}
 
 
 def now() -> dt.datetime:
@@ -101,10 +112,18 @@ def set_tags(conn: Connection, resource_type: str, resource_id: str, new: Iterab
     wanted = sorted(set(new))
     if len(wanted) > MAX_TAGS:
         raise InvalidInput(f"Number of tags exceeds the limit of {MAX_TAGS} per {resource_type}")
-    conn.execute(delete(tags).where(tags.c.resource_id == resource_id))
+    delete_tags(conn, [resource_id])
     rows = [{"resource_id": resource_id, "resource_type": resource_type, "tag": t} for t in wanted]
     if rows:
         conn.execute(insert(tags), rows)
+
+
+def delete_tags(conn: Connection, resource_ids: Sequence[str]) -> None:
+    """The tags of these resources (tags have no foreign key: every delete of a tagged row calls this)."""
+    if len(resource_ids) == 1:
+        conn.execute(delete(tags).where(tags.c.resource_id == resource_ids[0]))
+    elif resource_ids:
+        conn.execute(delete(tags).where(tags.c.resource_id.in_(resource_ids)))
 
 
 def standard_view(row: Any, tag_map: dict[str, list[str]]) -> dict[str, Any]:

@@ -7,7 +7,7 @@ import uuid
 from collections.abc import Sequence
 from typing import Any
 
-from sqlalchemy import Connection, delete, insert, select, true
+from sqlalchemy import Connection, insert, select, true
 
 from neutrino.context import RequestContext
 from neutrino.db.schema import ipallocations, networks, ports, subnets
@@ -15,13 +15,26 @@ from neutrino.errors import InUse, InvalidInput, PolicyNotAuthorized
 from neutrino.intent.model import ROUTER_OWNERS, DeviceOwner
 from neutrino.ipam.macs import eui64
 from neutrino.ipam.pools import Pool, PoolError, default_pools, usable_range, validate_pools
-from neutrino.services import dhcp, quotas, standard
+from neutrino.services import dhcp, quotas, rows, standard
 from neutrino.services import networks as net_service
 from neutrino.services.addresses import AUTO_ADDRESS_MODES
 from neutrino.services.core import Core, guard_change, require_writer
 
 MAX_DNS_NAMESERVERS = 5
 MAX_HOST_ROUTES = 20
+
+
+COLUMNS = {**standard.COLUMNS, **{c: c for c in (
+    "network_id", "ip_version", "cidr", "gateway_ip", "allocation_pools", "dns_nameservers", "host_routes",
+    "enable_dhcp", "ipv6_ra_mode", "ipv6_address_mode", "subnetpool_id", "segment_id", "service_types")}}
+
+
+def _on_shared(values: list[bool]) -> Any:
+    """Subnets have no ``shared`` of their own: it is their network's (a filter stock clients send)."""
+    return subnets.c.network_id.in_(select(networks.c.id).where(networks.c.shared.in_(values)))
+
+
+FILTERS = {"shared": _on_shared}
 
 
 def scope(ctx: RequestContext) -> Any:
@@ -161,8 +174,9 @@ def update(core: Core, conn: Connection, ctx: RequestContext, subnet_id: str, da
     row = fetch(conn, ctx, subnet_id)
     guard_change(ctx, row.project_id, "update_subnet", row.revision_number, if_match)
     cidr = ipaddress.ip_network(row.cidr)
-    values: dict[str, Any] = {k: data[k] for k in ("name", "description", "enable_dhcp", "dns_nameservers",
-                                                   "host_routes", "service_types") if k in data}
+    # gateway_ip and allocation_pools are checked and rewritten below
+    values = standard.columns_of({k: v for k, v in data.items() if k not in ("gateway_ip", "allocation_pools")},
+                                 COLUMNS)
     _check_lists(cidr, data)
     gateway = ipaddress.ip_address(row.gateway_ip) if row.gateway_ip else None
     if "gateway_ip" in data:
@@ -199,14 +213,11 @@ def delete_(core: Core, conn: Connection, ctx: RequestContext, subnet_id: str, i
                     "allocation from this subnet.", type="SubnetInUse")
     touched = [r[0] for r in conn.execute(select(ipallocations.c.port_id)
                                           .where(ipallocations.c.subnet_id == subnet_id).distinct())]
-    conn.execute(delete(ipallocations).where(ipallocations.c.subnet_id == subnet_id))
     for port_id in touched:
         standard.bump(conn, ports, port_id)
         standard.emit(conn, "port", port_id, "update", network_id=row.network_id)
-    standard.set_tags(conn, "subnet", subnet_id, [])
-    conn.execute(delete(subnets).where(subnets.c.id == subnet_id))
+    rows.delete_subnets(conn, [row])
     standard.bump(conn, networks, row.network_id)
-    standard.emit(conn, "subnet", subnet_id, "delete", network_id=row.network_id)
     dhcp.reconcile_network(conn, core, row.network_id)
 
 
