@@ -68,3 +68,30 @@ def test_skips_stay_skips_by_hand(tmp_path: Path) -> None:
         done = run(tmp_path, require, "test_a.py", "test_b.py")
         assert done.returncode == 0, done.stdout
         assert "1 passed, 3 skipped, 1 xfailed" in done.stdout, done.stdout
+
+
+GROUPED = '''
+import os
+import pytest
+
+pytestmark = pytest.mark.xdist_group("one")
+
+@pytest.mark.parametrize("i", range(8))
+def test_where(i: int, tmp_path_factory: pytest.TempPathFactory) -> None:
+    with open(os.environ["WHERE"], "a") as out:
+        out.write(os.environ["PYTEST_XDIST_WORKER"] + "\\n")
+'''
+
+
+def test_loadgroup_keeps_a_group_on_one_worker(tmp_path: Path) -> None:
+    """./test.sh relies on it: one Keystone, one lab per module (pytest-xdist#1386 broke it on pytest 9.2)."""
+    shutil.copy(ROOT / "tests" / "conftest.py", tmp_path / "conftest.py")
+    (tmp_path / "pytest.ini").write_text("[pytest]\n")
+    (tmp_path / "test_g.py").write_text(GROUPED)
+    where = tmp_path / "where"
+    done = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-n", "2", "--dist",
+                           "loadgroup", "test_g.py"], cwd=tmp_path, env={**os.environ, "WHERE": str(where)},
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stdout
+    workers = where.read_text().split()
+    assert len(workers) == 8 and len(set(workers)) == 1, workers
