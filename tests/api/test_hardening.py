@@ -266,6 +266,22 @@ def test_quota_values_are_bounded(raw: Raw) -> None:
     assert ok.status_code == 200 and ok.json()["quota"]["network"] == 2 ** 31 - 1
 
 
+def test_quota_check_limit_refuses_limits_below_usage(raw: Raw, bob: Raw) -> None:
+    project = bob("GET", "/v2.0/quotas/tenant").json()["tenant"]["project_id"]
+    made = [bob("POST", "/v2.0/networks", json={"network": {"name": uniq("q")}}).json()["network"]["id"]
+            for _ in range(2)]
+    try:
+        path = f"/v2.0/quotas/{project}"
+        error(raw("PUT", path, json={"quota": {"network": 1, "check_limit": True}}), 409, "InvalidQuotaValue")
+        assert raw("GET", path).json()["quota"]["network"] != 1
+        for ok in ({"network": 2, "check_limit": True}, {"network": 1, "check_limit": False}, {"network": -1}):
+            assert raw("PUT", path, json={"quota": ok}).status_code == 200
+        error(raw("PUT", path, json={"quota": {"check_limit": "maybe"}}), 400, "HTTPBadRequest")
+    finally:
+        for nid in made:
+            raw("DELETE", f"/v2.0/networks/{nid}")
+
+
 def test_tags_only_on_tagged_resources(raw: Raw, shared: tuple[Any, Any]) -> None:
     agents = raw("GET", "/v2.0/agents").json()["agents"]
     target = agents[0]["id"] if agents else "00000000-0000-0000-0000-000000000000"

@@ -91,18 +91,27 @@ async def quota_tenant(request: Request) -> Response:
     return json_response({"tenant": {"tenant_id": ctx.project_id, "project_id": ctx.project_id}})
 
 
-def _quota_values(body: Any, known: dict[str, int]) -> dict[str, int]:
+def _quota_values(body: Any, known: dict[str, int]) -> tuple[dict[str, int], bool]:
+    """The limits asked for, and whether they must not fall below current usage (``check_limit``, which
+    the stock ``openstack quota set`` sends)."""
     if not isinstance(body, dict) or not isinstance(body.get("quota"), dict):
         raise BadRequest("Invalid quota body: expected {\"quota\": {...}}", type="HTTPBadRequest")
     values: dict[str, int] = {}
+    check = False
     for key, raw in body["quota"].items():
+        if key == "check_limit":
+            try:
+                check = v.boolean(raw)
+            except ValueError as exc:
+                raise v.invalid(key, str(exc)) from None
+            continue
         if key not in known:
             raise v.AttributeError_(f"Unrecognized attribute(s) '{key}'")
         try:
             values[key] = v.integer(-1, MAX_QUOTA)(raw)
         except ValueError as exc:
             raise v.invalid(key, str(exc)) from None
-    return values
+    return values, check
 
 
 async def quota_one(request: Request) -> Response:
@@ -119,9 +128,11 @@ async def quota_one(request: Request) -> Response:
     if request.method == "DELETE":
         await api.write(lambda c: quotas.reset(c, pid))
         return Response(status_code=204)
-    values = _quota_values(await api.body(request), quotas.defaults(qcfg))
+    values, check = _quota_values(await api.body(request), quotas.defaults(qcfg))
 
     def run(conn: Connection) -> dict[str, int]:
+        if check:
+            quotas.check_not_below_usage(conn, pid, values)
         quotas.set_limits(conn, pid, values)
         return quotas.limits(conn, qcfg, pid)
 

@@ -9,7 +9,7 @@ from sqlalchemy import Connection, delete, func, insert, select
 
 from neutrino.config import QuotaConfig
 from neutrino.db.schema import networks, ports, quotas, subnets
-from neutrino.errors import OverQuota
+from neutrino.errors import Conflict, OverQuota
 
 COUNTED = {"network": networks, "subnet": subnets, "port": ports}
 
@@ -46,6 +46,15 @@ def check(conn: Connection, cfg: QuotaConfig, project_id: str, resource: str, ad
 
 def projects_with_limits(conn: Connection) -> list[str]:
     return sorted({r[0] for r in conn.execute(select(quotas.c.project_id))})
+
+
+def check_not_below_usage(conn: Connection, project_id: str, values: dict[str, int]) -> None:
+    """409 InvalidQuotaValue if a new limit (not unlimited) is below what the project already uses."""
+    used = usage(conn, project_id)
+    under = sorted(r for r, hard in values.items() if 0 <= hard < used.get(r, 0))
+    if under:
+        raise Conflict("Quota limit is lower than current usage for: " + ", ".join(
+            f"{r} (limit {values[r]}, used {used[r]})" for r in under), type="InvalidQuotaValue")
 
 
 def set_limits(conn: Connection, project_id: str, values: dict[str, int]) -> None:
