@@ -14,6 +14,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import typing
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -24,6 +25,7 @@ import httpx
 import openstack
 import pytest
 import yaml
+from openstack.identity.v3._proxy import Proxy as IdentityV3
 
 VENV_BIN = Path(sys.executable).parent
 PG_BIN = Path("/usr/lib/postgresql/15/bin")
@@ -187,20 +189,32 @@ class Raw:
         headers = {"X-Auth-Token": self.token, **kw.pop("headers", {})}
         return httpx.request(method, self.url + path, headers=headers, timeout=30, **kw)
 
+    @classmethod
+    def of(cls, url: str, conn: openstack.connection.Connection) -> Raw:
+        """Plain HTTP as the user of an SDK connection (its token)."""
+        token = conn.auth_token
+        assert token is not None, "the connection has no token"
+        return cls(url, token)
+
+
+def identity(conn: openstack.connection.Connection) -> IdentityV3:
+    """The connection's identity proxy, which is v3 here (the SDK types it as v2 or v3)."""
+    return typing.cast(IdentityV3, conn.identity)
+
 
 @pytest.fixture(scope="session")
 def raw(server: Server, admin: openstack.connection.Connection) -> Raw:
-    return Raw(server.url, admin.auth_token)
+    return Raw.of(server.url, admin)
 
 
 def member_connection(server: Server, admin: openstack.connection.Connection, name: str,
                       role: str = "member") -> openstack.connection.Connection:
     """A new project with a user holding ``role`` in it, connected through the builtin identity."""
-    project = admin.identity.create_project(name=name, domain_id="default")
-    user = admin.identity.create_user(name=name, password="pw-" + name, domain_id="default",
-                                      default_project_id=project.id)
-    role_obj = next(r for r in admin.identity.roles() if r.name == role)
-    admin.identity.assign_project_role_to_user(project, user, role_obj)
+    ident = identity(admin)
+    project = ident.create_project(name=name, domain_id="default")
+    user = ident.create_user(name=name, password="pw-" + name, domain_id="default", default_project_id=project.id)
+    role_obj = next(r for r in ident.roles() if r.name == role)
+    ident.assign_project_role_to_user(project, user, role_obj)
     return connect(server, name, "pw-" + name, name)
 
 

@@ -14,7 +14,7 @@ import uuid
 import openstack
 import pytest
 
-from tests.api.conftest import Cli
+from tests.api.conftest import Cli, identity
 
 pytestmark = pytest.mark.parametrize("server", ["sqlite"], indirect=True)
 
@@ -59,7 +59,7 @@ def test_cli_extensions_and_quota(cli: Cli, admin: openstack.connection.Connecti
     aliases = {e["Alias"] for e in cli("extension", "list", "--network")}
     assert {"quotas", "binding", "external-net", "standard-attr-tag", "pagination", "sorting"} <= aliases
     assert "router" not in aliases  # only what is implemented is listed
-    project = admin.identity.create_project(name=name("quota"), domain_id="default")
+    project = identity(admin).create_project(name=name("quota"), domain_id="default")
     cli("quota", "set", "--networks", "7", "--ports", "70", project.id, fmt=False)  # it sends check_limit
     shown = {row["Resource"]: row["Limit"] for row in cli("quota", "show", "--network", project.id)}
     assert shown["networks"] == 7 and shown["ports"] == 70, shown

@@ -247,7 +247,7 @@ def test_project_isolation_and_admin_only(server: Server, admin: openstack.conne
         # A member may put a port on a shared network, but sees no binding details.
         sub = admin.network.create_subnet(network_id=shared.id, ip_version=4, cidr="10.77.0.0/24")
         port = bob.network.create_port(network_id=shared.id)
-        bob_raw = Raw(server.url, bob.auth_token)
+        bob_raw = Raw.of(server.url, bob)
         shown = bob_raw("GET", f"/v2.0/ports/{port.id}").json()["port"]
         assert "binding:host_id" not in shown and "provider:network_type" not in \
             bob_raw("GET", f"/v2.0/networks/{shared.id}").json()["network"]
@@ -278,7 +278,7 @@ def test_quotas_enforced(server: Server, admin: openstack.connection.Connection,
     put = raw("PUT", f"/v2.0/quotas/{pid}", json={"quota": {"network": 2, "port": 1}})
     assert put.json()["quota"]["network"] == 2
     error(raw("PUT", f"/v2.0/quotas/{pid}", json={"quota": {"network": "lots"}}), 400, "HTTPBadRequest")
-    carol_raw = Raw(server.url, carol.auth_token)
+    carol_raw = Raw.of(server.url, carol)
     error(carol_raw("PUT", f"/v2.0/quotas/{pid}", json={"quota": {"network": 50}}), 403, "PolicyNotAuthorized")
     nets = [carol.network.create_network(name=uniq("q")) for _ in range(2)]
     error(carol_raw("POST", "/v2.0/networks", json={"network": {"name": "third"}}), 409, "OverQuota")

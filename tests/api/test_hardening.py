@@ -38,7 +38,7 @@ def shared(admin: openstack.connection.Connection) -> Iterator[tuple[Any, Any]]:
 def bob(server: Server, admin: openstack.connection.Connection) -> Raw:
     """A member of a project of its own, with plain HTTP."""
     conn = member_connection(server, admin, uniq("bob"))
-    return Raw(server.url, conn.auth_token)
+    return Raw.of(server.url, conn)
 
 
 def port_ids(raw: Raw, network_id: str) -> set[str]:
@@ -293,12 +293,14 @@ def test_tags_only_on_tagged_resources(raw: Raw, shared: tuple[Any, Any]) -> Non
 
 
 def test_agent_channel_refuses_malformed_bodies(raw: Raw) -> None:
-    for body in ([], True, "x", 5, {}, {"host": 5, "agent_type": "DHCP agent"},
+    reports: list[Any] = [[], True, "x", 5, {}, {"host": 5, "agent_type": "DHCP agent"},
                  {"host": "h", "agent_type": "nope"}, {"host": "h", "agent_type": "DHCP agent", "configurations": []},
                  {"host": "h", "agent_type": "DHCP agent", "start_flag": "yes"},
-                 {"host": "h", "agent_type": "DHCP agent", "configurations": nested(300)}):
+                 {"host": "h", "agent_type": "DHCP agent", "configurations": nested(300)}]
+    for body in reports:
         error(raw("POST", "/agent-api/v1/report", json=body), 400, "HTTPBadRequest")
-    for body in ([], True, {"down": 5}, {"active": [1, 2]}, {"host": ["h"]}):
+    statuses: list[Any] = [[], True, {"down": 5}, {"active": [1, 2]}, {"host": ["h"]}]
+    for body in statuses:
         error(raw("POST", "/agent-api/v1/port-status", json=body), 400, "HTTPBadRequest")
     assert raw("POST", "/agent-api/v1/port-status", json={"host": "nowhere", "active": []}).json() == {"changed": 0}
 
@@ -403,7 +405,7 @@ def test_port_update_adds_an_address_on_a_named_subnet(raw: Raw, shared: tuple[A
 
 def test_a_reader_lists_agents(server: Server, admin: openstack.connection.Connection, raw: Raw) -> None:
     reader = member_connection(server, admin, uniq("reader"), role="reader")
-    as_reader = Raw(server.url, reader.auth_token)
+    as_reader = Raw.of(server.url, reader)
     listed = as_reader("GET", "/v2.0/agents")
     assert listed.status_code == 200 and listed.json() == {"agents": []}
     agents = raw("GET", "/v2.0/agents").json()["agents"]
@@ -419,7 +421,7 @@ def test_vlan_networks_get_a_segment_from_the_ranges(tmp_path: Path) -> None:
             "auth_url": f"{srv.url}/identity/v3", "username": "admin", "password": "secret",
             "project_name": "admin", "user_domain_name": "Default", "project_domain_name": "Default"},
             region_name="RegionOne", identity_api_version="3")
-        raw = Raw(srv.url, conn.auth_token)
+        raw = Raw.of(srv.url, conn)
 
         def vlan(**extra: Any) -> httpx.Response:
             return raw("POST", "/v2.0/networks", json={"network": {

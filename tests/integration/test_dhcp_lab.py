@@ -134,7 +134,7 @@ def test_agent_restart_keeps_dnsmasq_and_traffic(lab: Lab) -> None:
     pids = {name: lab.dnsmasq_pid(ag, net["id"]) for name, ag in lab.agents.items()}
     assert any(pids.values())
     pinger = h1.host.popen(["ip", "netns", "exec", f"lab-{a}", "ping", "-i", "0.02", "-W", "1", ip_b],
-                           stdout=subprocess.PIPE, text=True)
+                           stdout=subprocess.PIPE)
     try:
         time.sleep(0.5)
         h1.stop(kill=True)
@@ -146,7 +146,7 @@ def test_agent_restart_keeps_dnsmasq_and_traffic(lab: Lab) -> None:
     finally:
         pinger.send_signal(signal.SIGINT)
         out, _ = pinger.communicate(timeout=10)
-    summary = next(line for line in out.splitlines() if "packets transmitted" in line)
+    summary = next(line for line in out.decode().splitlines() if "packets transmitted" in line)
     sent, received = int(summary.split()[0]), int(summary.split()[3])
     assert sent > 40 and received == sent, summary
     assert {name: lab.dnsmasq_pid(ag, net["id"]) for name, ag in lab.agents.items()} == pids

@@ -32,7 +32,7 @@ class FakeKernel:
         self.ns[ns][name] = link
         return link
 
-    def set(self, ns: str | None, name: str, **kw: object) -> None:
+    def change(self, ns: str | None, name: str, **kw: object) -> None:
         self.ns[ns][name] = dataclasses.replace(self.ns[ns][name], **kw)  # type: ignore[arg-type]
 
     def delete(self, ns: str | None, name: str) -> None:
@@ -88,8 +88,8 @@ class FakeKernel:
             case lk.NetnsAdd(name):
                 self.add_ns(name)
             case lk.NetnsDel(name):
-                for link in list(self.ns.get(name, {})):
-                    self.delete(name, link)
+                for member in list(self.ns.get(name, {})):
+                    self.delete(name, member)
                 self.ns.pop(name, None)
             case lk.BridgeAdd(name, mtu):
                 self.add_link(None, name, "bridge", mtu=mtu)
@@ -105,15 +105,15 @@ class FakeKernel:
             case lk.LinkDel(name):
                 self.delete(ns, name)
             case lk.SetMaster(name, bridge):
-                self.set(ns, name, master=self.ns[ns][bridge].index)
+                self.change(ns, name, master=self.ns[ns][bridge].index)
             case lk.SetMtu(name, mtu):
-                self.set(ns, name, mtu=mtu)
+                self.change(ns, name, mtu=mtu)
             case lk.SetUp(name, up):
-                self.set(ns, name, up=up)
+                self.change(ns, name, up=up)
             case lk.SetMac(name, mac):
-                self.set(ns, name, mac=mac)
+                self.change(ns, name, mac=mac)
             case lk.SetAlias(name, alias):
-                self.set(ns, name, alias=alias)
+                self.change(ns, name, alias=alias)
             case lk.AddrAdd(link, addr):
                 _ = self.ns[ns][link]
                 self.addrs.setdefault((ns, link), set()).add(addr)

@@ -66,7 +66,7 @@ def test_drift_is_repaired(kernel: FakeKernel, tmp_path: Path) -> None:
     converged = kernel.snapshot()
     ns = f"qdhcp-{N1}"
     kernel.delete(None, "brq11111111-11")                 # a bridge deleted (its ports fall out)
-    kernel.set(None, "brq22222222-22", mtu=9000)          # an MTU changed
+    kernel.change(None, "brq22222222-22", mtu=9000)          # an MTU changed
     kernel.addrs[(ns, "ns-d0000000-00")].clear()          # the DHCP address removed
     kernel.fdb["vxlan-101"].add(("fa:16:3e:99:99:99", "198.18.0.9"))  # a stale FDB entry
     kernel.delete(None, "tapd0000000-00")                 # the DHCP veth deleted (both ends)
