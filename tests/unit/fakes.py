@@ -1,15 +1,18 @@
-"""In-memory kernel and process table for the plane tests (no root, no kernel)."""
+"""In-memory kernel, routing tables and process table for the plane tests (no root, no kernel)."""
 
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import itertools
 from collections.abc import Sequence
 from pathlib import Path
 
-from neutrino.compile.state import Interface
+from neutrino.compile.state import Interface, Network
 from neutrino.dataplane import links as lk
+from neutrino.dataplane import routes as rt
 from neutrino.dataplane.netlink import LinkState
+from neutrino.dataplane.ownership import ROUTE_PROTOCOL
 
 
 class FakeKernel:
@@ -159,3 +162,50 @@ class FakeProcesses:
 
     def signal(self, pid: int, sig: int) -> None:
         self.signals.append((pid, sig))
+
+
+class FakeRoutes:
+    """Routing tables per namespace, keyed as the kernel keys them: (table, destination, metric)."""
+
+    def __init__(self, namespaces: Sequence[str] = ()) -> None:
+        self.ns: dict[str | None, dict[tuple[int, Network, int], rt.SeenRoute]] = {None: {}}
+        self.aliases: dict[tuple[str | None, str], str] = {}  # (namespace, link) -> ifalias
+        self.reads: list[tuple[str | None, int | None]] = []
+        self.fail: set[str] = set()  # devices whose routes fail to apply
+        for name in namespaces:
+            self.ns[name] = {}
+
+    def add(self, ns: str | None, destination: str, device: str, gateway: str | None = None, protocol: int = 4,
+            metric: int = 0, table: int = 254) -> None:
+        dst = ipaddress.ip_network(destination)
+        r = rt.SeenRoute(ns, dst, ipaddress.ip_address(gateway) if gateway else None, device, metric, table, protocol)
+        self.ns[ns][(table, dst, metric)] = r
+
+    def state(self) -> dict[str | None, set[tuple[str, str | None, str | None, int, int, int]]]:
+        return {ns: {(str(r.destination), str(r.gateway) if r.gateway else None, r.device, r.metric, r.table,
+                      r.protocol) for r in routes.values()} for ns, routes in self.ns.items()}
+
+    # -- the RouteKernel protocol ---------------------------------------------------------------------------
+    def namespaces(self) -> set[str]:
+        return {ns for ns in self.ns if ns is not None}
+
+    def routes(self, ns: str | None, protocol: int | None) -> list[rt.SeenRoute]:
+        self.reads.append((ns, protocol))
+        return [dataclasses.replace(r, device_alias=self.aliases.get((ns, r.device or "")))
+                for r in self.ns[ns].values() if protocol is None or r.protocol == protocol]
+
+    def apply(self, ops: Sequence[rt.Op]) -> list[str]:
+        errors = []
+        for op in ops:
+            if isinstance(op, rt.RouteDel):
+                found = self.ns.get(op.namespace, {}).get((op.table, op.destination, op.metric))
+                if found is not None and found.protocol == ROUTE_PROTOCOL:
+                    del self.ns[op.namespace][(op.table, op.destination, op.metric)]
+                continue
+            r = op.route
+            if r.namespace not in self.ns or r.device in self.fail:
+                errors.append(f"route {r.destination} in {r.namespace}: injected failure")
+                continue
+            self.ns[r.namespace][(r.table, r.destination, rt.metric(r))] = rt.SeenRoute(
+                r.namespace, r.destination, r.gateway, r.device, rt.metric(r), r.table, ROUTE_PROTOCOL)
+        return errors

@@ -1,10 +1,10 @@
 """The agent's pipeline: compile the host's one ``HostState``, then every plane converges its part.
 
-Planes, in order: links (namespaces, bridges, VXLAN, veths, addresses, FDB), nft (owned tables), daemons
-(dnsmasq now). Each plane observes, diffs and applies on its own; one that fails does not stop the next,
-and the pass then counts as failed (the loop retries, the revision does not advance). A port is ready
-(ACTIVE) when every plane that names it has it ready. Cleanup is the same pipeline run on the empty
-HostState: it removes exactly what this neutrino made (dataplane/ownership.py).
+Planes, in order: links (namespaces, bridges, VXLAN, veths, addresses, FDB), routes (over those links),
+nft (owned tables), daemons (dnsmasq now). Each plane observes, diffs and applies on its own; one that
+fails does not stop the next, and the pass then counts as failed (the loop retries, the revision does not
+advance). A port is ready (ACTIVE) when every plane that names it has it ready. Cleanup is the same
+pipeline run on the empty HostState: it removes exactly what this neutrino made (dataplane/ownership.py).
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ from neutrino.dataplane.daemons import RUN_ROOT, ExitWatch, Supervisor
 from neutrino.dataplane.links import LinkPlane, NetlinkKernel
 from neutrino.dataplane.nft import NftPlane
 from neutrino.dataplane.plane import Made, Plane
+from neutrino.dataplane.routes import NetlinkRoutes, RoutesPlane
 from neutrino.intent.model import PortId, Snapshot
 
 log = logging.getLogger("neutrino.agent")
@@ -82,7 +83,9 @@ class Pipeline:
         owner = owner_of(s)
         if not self.planes:
             run_dir = s.run_dir or RUN_ROOT
-            self.planes = [LinkPlane(NetlinkKernel(), owner, own.NamespaceRecords(s.state_dir)),
+            records = own.NamespaceRecords(s.state_dir)
+            self.planes = [LinkPlane(NetlinkKernel(), owner, records),
+                           RoutesPlane(NetlinkRoutes(), owner, records),
                            NftPlane(owner),
                            Supervisor(run_dir / owner, pointer=s.state_dir / "dhcp")]
         self.daemons = next((p for p in self.planes if isinstance(p, Supervisor)), Supervisor(Path("/nonexistent")))
@@ -155,7 +158,8 @@ class CleanupReport:
 
 def cleanup(settings: AgentSettings) -> CleanupReport:
     """Run the pipeline on the empty HostState: everything this neutrino made on this host goes (links
-    and namespaces with its mark or record, its nft tables, its daemons); nothing of anyone else."""
+    and namespaces with its mark or record, its routes, its nft tables, its daemons); nothing of anyone
+    else."""
     legacy = sweep_legacy(settings.state_dir)
     pipeline = Pipeline(settings)
     daemons = len(pipeline.daemons.observe(HostState()).daemons)

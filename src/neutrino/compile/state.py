@@ -14,6 +14,9 @@ from neutrino.compile.nft import NftTable
 from neutrino.intent.model import NetworkId, PortId
 
 Interface = ipaddress.IPv4Interface | ipaddress.IPv6Interface
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+Address = ipaddress.IPv4Address | ipaddress.IPv6Address
+MAIN_TABLE = 254
 
 
 def short(uuid: str) -> str:
@@ -84,6 +87,19 @@ class PortLinkSpec:
 
 
 @dataclass(frozen=True, slots=True)
+class RouteSpec:
+    """A route neutrino keeps in ``namespace`` (None: the host's): ``destination`` via ``gateway`` out of
+    ``device``; no gateway is an on-link route (scope link), e.g. to a gateway outside the subnet. The
+    kernel knows a route by (table, destination, metric); metric 0 on IPv6 is the kernel's 1024."""
+    namespace: str | None
+    destination: Network
+    gateway: Address | None
+    device: str
+    metric: int = 0
+    table: int = MAIN_TABLE
+
+
+@dataclass(frozen=True, slots=True)
 class HostState:
     namespaces: tuple[str, ...] = ()
     bridges: tuple[BridgeSpec, ...] = ()
@@ -92,6 +108,7 @@ class HostState:
     plugs: tuple[PlugSpec, ...] = ()
     port_links: tuple[PortLinkSpec, ...] = ()
     dhcp: tuple[DhcpServerSpec, ...] = ()   # what the DHCP servers serve (their daemons are in ``daemons``)
+    routes: tuple[RouteSpec, ...] = ()      # none yet (routers: extra, default and on-link gateway routes)
     nft: tuple[NftTable, ...] = ()          # one per (namespace, family); none yet (routers, security groups)
     daemons: tuple[DaemonSpec, ...] = ()    # every daemon, fully rendered
     problems: tuple[str, ...] = ()  # intent this host cannot realise (e.g. a physnet with no mapping)

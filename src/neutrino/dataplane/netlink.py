@@ -1,6 +1,6 @@
 """Netlink, through pyroute2: the only module of neutrino that imports it.
 
-Reads links and addresses of a network namespace as plain data, and performs the handful of changes the
+Reads links, addresses and routes of a network namespace as plain data, and performs the handful of changes the
 drivers need. Errors are translated into ``KernelError`` carrying the object and the namespace.
 A namespace is named by its entry in ``/run/netns`` (``None`` is the agent's own namespace).
 """
@@ -50,6 +50,19 @@ class LinkState:
 class AddrState:
     link: int
     interface: ipaddress.IPv4Interface | ipaddress.IPv6Interface
+
+
+@dataclass(frozen=True, slots=True)
+class RouteState:
+    """One route as the kernel keeps it: known by (table, destination, metric) within its family."""
+    destination: ipaddress.IPv4Network | ipaddress.IPv6Network
+    gateway: ipaddress.IPv4Address | ipaddress.IPv6Address | None
+    oif: int | None      # None: no single output device (multipath, blackhole, ...)
+    table: int
+    protocol: int        # rtm_protocol: who made it (kernel 2, boot 3, static 4, neutrino ownership.ROUTE_PROTOCOL)
+    metric: int
+    kind: int            # rtm_type: unicast 1, local 2, broadcast 3, ...
+    scope: int
 
 
 def list_namespaces() -> list[str]:
@@ -128,9 +141,12 @@ _IFADDR = struct.Struct("=BBBBi")
 _NDMSG = struct.Struct("=BxxxiHBB")
 _RTA = struct.Struct("=HH")
 _U32 = struct.Struct("=I")
+_RTMSG = struct.Struct("=BBBBBBBBI")
 NLM_F_REQUEST, NLM_F_DUMP = 0x1, 0x300
 NLMSG_ERROR, NLMSG_DONE = 2, 3
-RTM_GETLINK, RTM_GETADDR, RTM_GETNEIGH = 18, 22, 30
+RTM_GETLINK, RTM_GETADDR, RTM_GETROUTE, RTM_GETNEIGH = 18, 22, 26, 30
+RTA_DST, RTA_OIF, RTA_GATEWAY, RTA_PRIORITY, RTA_TABLE = 1, 4, 5, 6, 15
+SOL_NETLINK, NETLINK_GET_STRICT_CHK = 270, 12
 IFLA_ADDRESS, IFLA_IFNAME, IFLA_MTU, IFLA_MASTER, IFLA_LINKINFO, IFLA_IFALIAS, IFLA_EXT_MASK = 1, 3, 4, 10, 18, 20, 29
 IFLA_INFO_KIND, IFLA_INFO_DATA = 1, 2
 IFLA_VXLAN_ID, IFLA_VXLAN_LINK, IFLA_VXLAN_LOCAL, IFLA_VXLAN_LOCAL6 = 1, 3, 4, 17
@@ -139,7 +155,7 @@ IFA_ADDRESS = 1
 NDA_DST, NDA_LLADDR = 1, 2
 AF_BRIDGE = 7
 NUD_PERMANENT = 0x80
-RT_SCOPE_LINK = 253
+RT_SCOPE_LINK, RT_SCOPE_NOWHERE = 253, 255
 
 
 def _attrs(data: bytes, off: int, end: int | None = None) -> dict[int, bytes]:
@@ -245,6 +261,35 @@ class Reader:
         return out
 
 
+    def routes(self, protocol: int | None = None) -> list[RouteState]:
+        """IPv4 and IPv6 routes of every table; with ``protocol``, only those (the kernel filters: a strict
+        dump request, so a host with a full BGP table costs nothing when none of its routes are ours)."""
+        strict = protocol is not None
+        if strict:
+            self._sock.setsockopt(SOL_NETLINK, NETLINK_GET_STRICT_CHK, 1)
+        try:
+            return self._routes(_RTMSG.pack(0, 0, 0, 0, 0, protocol or 0, 0, 0, 0), protocol)
+        finally:
+            if strict:
+                self._sock.setsockopt(SOL_NETLINK, NETLINK_GET_STRICT_CHK, 0)
+
+    def _routes(self, req: bytes, protocol: int | None) -> list[RouteState]:
+        out = []
+        for _, body in self._dump(RTM_GETROUTE, req):
+            family, dst_len, _src, _tos, table, proto, scope, kind, _flags = _RTMSG.unpack_from(body)
+            if family not in (stdsocket.AF_INET, stdsocket.AF_INET6) or (protocol is not None and proto != protocol):
+                continue
+            a = _attrs(body, _RTMSG.size)
+            zero = bytes(4 if family == stdsocket.AF_INET else 16)
+            gw = a.get(RTA_GATEWAY)
+            out.append(RouteState(
+                destination=ipaddress.ip_network((ipaddress.ip_address(a.get(RTA_DST, zero)), dst_len), strict=False),
+                gateway=ipaddress.ip_address(gw) if gw else None, oif=_u32(a.get(RTA_OIF)),
+                table=_u32(a.get(RTA_TABLE)) or table, protocol=proto, metric=_u32(a.get(RTA_PRIORITY)) or 0,
+                kind=kind, scope=scope))
+        return out
+
+
 def _raw_socket() -> stdsocket.socket:
     return stdsocket.socket(stdsocket.AF_NETLINK, stdsocket.SOCK_RAW | stdsocket.SOCK_CLOEXEC, stdsocket.NETLINK_ROUTE)
 
@@ -295,6 +340,21 @@ def addresses(sock: Any) -> list[AddrState]:
         if iface.version == 6 and iface.ip.is_link_local:
             continue
         out.append(AddrState(link=msg["index"], interface=iface))
+    return out
+
+
+def routes(sock: Any) -> list[RouteState]:
+    out = []
+    for msg in sock.route("dump", family=stdsocket.AF_UNSPEC):
+        if msg["family"] not in (stdsocket.AF_INET, stdsocket.AF_INET6):
+            continue
+        dst = _attr(msg, "RTA_DST") or ("0.0.0.0" if msg["family"] == stdsocket.AF_INET else "::")
+        gw = _attr(msg, "RTA_GATEWAY")
+        out.append(RouteState(
+            destination=ipaddress.ip_network(f"{dst}/{msg['dst_len']}", strict=False),
+            gateway=ipaddress.ip_address(gw) if gw else None, oif=_attr(msg, "RTA_OIF"),
+            table=_attr(msg, "RTA_TABLE") or msg["table"], protocol=msg["proto"],
+            metric=_attr(msg, "RTA_PRIORITY") or 0, kind=msg["type"], scope=msg["scope"]))
     return out
 
 
@@ -389,6 +449,31 @@ def replace_default_route(sock: Any, gateway: str, link: int, obj: str, ns: str 
              scope=253)
     dst = "0.0.0.0/0" if gw.version == 4 else "::/0"
     _run("set default route", obj, ns, sock.route, "replace", dst=dst, gateway=gateway, oif=link)
+
+
+def replace_route(sock: Any, dst: ipaddress.IPv4Network | ipaddress.IPv6Network,
+                  gateway: ipaddress.IPv4Address | ipaddress.IPv6Address | None, oif: int, metric: int, table: int,
+                  protocol: int, obj: str, ns: str | None = None) -> None:
+    """Make the route (table, dst, metric) this one, whoever made the one there before (NLM_F_REPLACE)."""
+    kw: dict[str, Any] = {
+        "family": stdsocket.AF_INET if dst.version == 4 else stdsocket.AF_INET6, "dst": str(dst), "oif": oif,
+        "priority": metric, "table": table, "proto": protocol, "scope": 0 if gateway else RT_SCOPE_LINK}
+    if gateway is not None:
+        kw["gateway"] = str(gateway)
+    _run(f"set route {dst}", obj, ns, sock.route, "replace", **kw)
+
+
+def delete_route(sock: Any, dst: ipaddress.IPv4Network | ipaddress.IPv6Network, metric: int, table: int,
+                 protocol: int, obj: str, ns: str | None = None) -> None:
+    """Delete the route (table, dst, metric) if it is still there with ``protocol`` (the kernel checks it),
+    whatever its scope (RT_SCOPE_NOWHERE on a delete means any, as iproute2 sends it)."""
+    try:
+        sock.route("del", family=stdsocket.AF_INET if dst.version == 4 else stdsocket.AF_INET6, dst=str(dst),
+                   priority=metric, table=table, proto=protocol, scope=RT_SCOPE_NOWHERE)
+    except NetlinkError as exc:
+        if exc.code != errno.ESRCH:
+            raise KernelError(f"delete route {dst} failed: {exc}", obj=obj, namespace=ns or "",
+                              errno=exc.code) from exc
 
 
 def fdb(sock: Any, op: str, link: int, mac: str, dst: str, obj: str, ns: str | None = None) -> None:
