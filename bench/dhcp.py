@@ -75,6 +75,7 @@ def main() -> int:
     p.add_argument("--instances", type=int, default=10)
     p.add_argument("--networks", type=int, default=100)
     p.add_argument("--per-network", type=int, default=10)
+    p.add_argument("--keep", action="store_true", help="keep the state directory (agent log) for a look")
     args = p.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="neutrino-bench-dhcp-"))
     server = start_server(tmp, f"sqlite:///{tmp / 'n.db'}", "sqlite", {"NEUTRINO_AGENT__AGENT_DOWN_SECONDS": "60"})
@@ -178,7 +179,10 @@ def main() -> int:
                 agent.wait()
         underlay.destroy()
         server.stop()
-        subprocess.run(["rm", "-rf", str(tmp)], check=False)
+        if getattr(args, "keep", False):
+            progress(f"kept {tmp} (agent log in h1/agent.log)")
+        else:
+            subprocess.run(["rm", "-rf", str(tmp)], check=False)
     width = max(len(k) for k, _ in rows)
     print("\nneutrino DHCP / agent bench (real kernel, one throwaway host)")
     for k, v in rows:
