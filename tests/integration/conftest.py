@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import subprocess
 import time
 import uuid
@@ -23,6 +24,8 @@ from typing import Any
 import httpx
 import pytest
 
+from neutrino.dataplane.daemons import RUN_ROOT
+from neutrino.dataplane.ownership import OWNER_FILE
 from neutrino.hosts import Host, Underlay
 from tests.api.conftest import Server, start_server
 
@@ -95,6 +98,9 @@ def nothing_left_behind() -> Iterator[None]:
     assert not new_links, f"links left behind in the machine's own namespace: {new_links}"
     new_tables = sorted(_nft_tables() - tables)
     assert not new_tables, f"nftables tables left behind in the machine's own namespace: {new_tables}"
+    owners = {f.read_text().strip() for d in STATE_DIRS for f in d.rglob(OWNER_FILE)}
+    run_dirs = sorted(str(RUN_ROOT / o) for o in owners if (RUN_ROOT / o).exists())
+    assert not run_dirs, f"daemon directories left behind: {run_dirs}"
 
 
 @dataclass
@@ -178,6 +184,13 @@ def admin_token(server: Server) -> str:
         "scope": {"project": {"name": "admin", "domain": {"name": "Default"}}}}}).headers["X-Subject-Token"])
 
 
+def remove_run_dirs(tmp: Path) -> None:
+    """The agents of a lab were stopped, not cleaned up (neutrino leaves daemons running across restarts):
+    their daemons' directories under /run/neutrino/<owner> go with the lab."""
+    for owner in tmp.rglob(OWNER_FILE):
+        shutil.rmtree(RUN_ROOT / owner.read_text().strip(), ignore_errors=True)
+
+
 @contextlib.contextmanager
 def open_lab(tmp: Path, hosts: tuple[str, ...] = ("h1", "h2")) -> Iterator[Lab]:
     """A server, an underlay and one agent per host; all of it undone on exit, or at once when a step of
@@ -189,6 +202,7 @@ def open_lab(tmp: Path, hosts: tuple[str, ...] = ("h1", "h2")) -> Iterator[Lab]:
         server = start_server(tmp, f"sqlite:///{tmp / 'neutrino.db'}", "sqlite",
                               {"NEUTRINO_AGENT__AGENT_DOWN_SECONDS": "30"})
         undo.callback(server.stop)
+        undo.callback(remove_run_dirs, tmp)  # after the underlay is gone (and its daemons with it)
         underlay = Underlay.create(prefix)
         undo.callback(underlay.destroy)
         api = httpx.Client(base_url=server.url, headers={"X-Auth-Token": admin_token(server)}, timeout=30)

@@ -96,3 +96,15 @@ def test_lost_search_bit_is_fixed_and_daemons_reread(tmp_path: Path) -> None:
     kind_dir.chmod(0o700)
     assert sup.sync(want).changes == 2
     assert kind_dir.stat().st_mode & 0o777 == 0o755 and procs.signals == [(pid, signal.SIGHUP)]
+
+
+def test_an_empty_host_leaves_nothing_in_run(tmp_path: Path) -> None:
+    """Cleanup (the empty HostState) stops the daemons and removes this owner's run directory; another
+    owner's stays."""
+    procs = FakeProcesses()
+    mine, other = supervisor(tmp_path, procs), supervisor(tmp_path, procs, owner="other")
+    mine.sync(desired())
+    other.sync(desired())
+    mine.sync(HostState())
+    assert not (tmp_path / "run" / "me").exists()
+    assert (tmp_path / "run" / "other" / "dnsmasq" / N1 / "hosts").exists()

@@ -339,7 +339,16 @@ class Supervisor:
         self.remember(obs)
         ops = self.diff(desired, obs, made)
         changes = self.apply(ops) if ops else 0
+        if not desired.daemons:
+            self._prune()
         return PlaneResult(changes, frozenset(self.ready(desired)))
+
+    def _prune(self) -> None:
+        """No daemon wanted (an empty host, cleanup): this owner's run directory goes too, so nothing of it
+        stays in /run. Only empty directories are removed; a daemon's files are removed when it stops."""
+        for d in reversed(self._owned_dirs()[1:]):  # deepest first; never the shared root above the owner
+            with contextlib.suppress(OSError):
+                d.rmdir()
 
 
 def _write(path: Path, text: str) -> None:
