@@ -30,6 +30,7 @@ sys.path.insert(0, str(ROOT))
 
 from neutrino.hosts import Host, Underlay  # noqa: E402
 from tests.api.conftest import start_server  # noqa: E402
+from tests.integration.conftest import remove_run_dirs  # noqa: E402
 
 NEUTRINO = str(Path(sys.executable).parent / "neutrino")
 
@@ -178,6 +179,7 @@ def main() -> int:
                 agent.kill()
                 agent.wait()
         underlay.destroy()
+        remove_run_dirs(tmp)
         server.stop()
         if getattr(args, "keep", False):
             progress(f"kept {tmp} (agent log in h1/agent.log)")

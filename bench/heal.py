@@ -38,6 +38,7 @@ from neutrino.dataplane import netlink as nl  # noqa: E402
 from neutrino.hosts import Host, Underlay  # noqa: E402
 from neutrino.lab.instances import SCRIPT  # noqa: E402
 from tests.api.conftest import start_server  # noqa: E402
+from tests.integration.conftest import remove_run_dirs  # noqa: E402
 
 NEUTRINO = str(Path(sys.executable).parent / "neutrino")
 TICK = os.sysconf("SC_CLK_TCK")
@@ -265,6 +266,7 @@ def main() -> int:
                 bench.agent.kill()
                 bench.agent.wait()
         underlay.destroy()
+        remove_run_dirs(tmp)
         server.stop()
         if args.keep:
             progress(f"kept {tmp}")
