@@ -74,7 +74,8 @@ def test_every_type_round_trips_through_json(cls: type) -> None:
 
 def test_the_contract_is_all_there() -> None:
     names = {c.__name__ for c in CONTRACT}
-    assert {"Snapshot", "PortSpec", "SubnetSpec", "NetworkSpec", "AgentReport", "PortStatus"} <= names
+    assert {"Snapshot", "PortSpec", "SubnetSpec", "NetworkSpec", "AgentReport", "PortStatus", "RouterSpec",
+            "FloatingIpSpec"} <= names
 
 
 def test_missing_fields_take_their_defaults_and_bad_data_is_refused() -> None:

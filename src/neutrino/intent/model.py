@@ -15,6 +15,8 @@ NetworkId = NewType("NetworkId", str)
 SubnetId = NewType("SubnetId", str)
 PortId = NewType("PortId", str)
 HostName = NewType("HostName", str)
+RouterId = NewType("RouterId", str)
+FloatingIpId = NewType("FloatingIpId", str)
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -49,6 +51,7 @@ class AgentType(StrEnum):
     """The agents a host runs, as the agents API names them."""
     DHCP = "DHCP agent"
     L2 = "Linux bridge agent"
+    L3 = "L3 agent"
 
 
 class Ipv6Mode(StrEnum):
@@ -125,11 +128,34 @@ class HostSpec:
 
 
 @dataclass(frozen=True, slots=True)
+class FloatingIpSpec:
+    """A floating IP associated with a port behind a router: 1:1 NAT on the router's gateway."""
+    id: FloatingIpId
+    floating_ip: IPAddress       # an address of the router's external network (on its qg- device)
+    fixed_ip: IPAddress          # the internal port's address it maps to
+    port_id: PortId              # the internal port
+
+
+@dataclass(frozen=True, slots=True)
+class RouterSpec:
+    """A router scheduled to this host's L3 agent. Its ports are in ``Snapshot.ports`` with
+    ``device_id`` = the router id: ``network:router_interface`` ones become its ``qr-`` devices (address =
+    the port's fixed IPs, usually the subnets' gateways), the ``network:router_gateway`` one its ``qg-``
+    device; the networks and subnets of all of them are in the snapshot too."""
+    id: RouterId
+    admin_state_up: bool = True
+    enable_snat: bool = True
+    routes: tuple[HostRoute, ...] = ()          # extra routes (destination via nexthop)
+    floating_ips: tuple[FloatingIpSpec, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
 class Snapshot:
     """Everything one agent needs, complete: compile(snapshot, host) must not need anything else.
 
     ``dhcp_networks`` are the networks scheduled to this host's DHCP agent; ``hosts`` are the tunnel
-    endpoints of every live agent (for VXLAN flooding and FDB entries).
+    endpoints of every live agent (for VXLAN flooding and FDB entries); ``routers`` those scheduled to
+    this host's L3 agent.
     """
     revision: int
     networks: dict[NetworkId, NetworkSpec] = field(default_factory=dict)
@@ -137,3 +163,4 @@ class Snapshot:
     ports: dict[PortId, PortSpec] = field(default_factory=dict)
     dhcp_networks: frozenset[NetworkId] = frozenset()
     hosts: dict[HostName, HostSpec] = field(default_factory=dict)
+    routers: dict[RouterId, RouterSpec] = field(default_factory=dict)  # scheduled to this host's L3 agent
