@@ -220,7 +220,8 @@ def open_lab(tmp: Path, hosts: tuple[str, ...] = ("h1", "h2")) -> Iterator[Lab]:
             undo.callback(agent.stop)
             agent.start()
             lab_.agents[name] = agent
-        lab_.wait("agents to register", lambda: len(lab_.call("GET", "/v2.0/agents")["agents"]) == 2 * len(hosts))
+        lab_.wait("agents to register",  # L2, DHCP and L3 per host
+                  lambda: len(lab_.call("GET", "/v2.0/agents")["agents"]) == 3 * len(hosts))
         yield lab_
 
 

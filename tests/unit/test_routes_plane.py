@@ -131,4 +131,5 @@ def test_a_vanished_namespace_takes_its_routes_along(tmp_path: Path) -> None:
 
 
 def test_the_pipeline_runs_routes_between_links_and_nft(tmp_path: Path) -> None:
-    assert [p.name for p in Pipeline(settings(tmp_path, 1.0)).planes] == ["links", "routes", "nft", "daemons"]
+    planes = [p.name for p in Pipeline(settings(tmp_path, 1.0)).planes]
+    assert planes == ["links", "sysctls", "routes", "nft", "daemons"]

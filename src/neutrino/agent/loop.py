@@ -142,7 +142,11 @@ class Agent:
               "devices": self.stats.get("ports", 0)}
         dhcp = {"dhcp_driver": "dnsmasq", "networks": self.stats.get("dhcp_networks", 0),
                 "ports": self.stats.get("dhcp_ports", 0)}
-        for agent_type, conf in ((AgentType.L2, l2), (AgentType.DHCP, dhcp)):
+        l3 = {"agent_mode": "legacy", "routers": self.stats.get("routers", 0),
+              "ex_gw_ports": self.stats.get("ex_gw_ports", 0), "interfaces": self.stats.get("router_ports", 0),
+              "gateway_external_network_id": "", "external_network_bridge": "",
+              "interface_driver": "linuxbridge"}
+        for agent_type, conf in ((AgentType.L2, l2), (AgentType.DHCP, dhcp), (AgentType.L3, l3)):
             await self.source.report(AgentReport(host=s.host, agent_type=agent_type, configurations=conf,
                                                  start_flag=start))
 

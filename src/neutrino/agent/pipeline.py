@@ -1,10 +1,11 @@
 """The agent's pipeline: compile the host's one ``HostState``, then every plane converges its part.
 
-Planes, in order: links (namespaces, bridges, VXLAN, veths, addresses, FDB), routes (over those links),
-nft (owned tables), daemons (dnsmasq now). Each plane observes, diffs and applies on its own; one that
-fails does not stop the next, and the pass then counts as failed (the loop retries, the revision does not
-advance). A port is ready (ACTIVE) when every plane that names it has it ready. Cleanup is the same
-pipeline run on the empty HostState: it removes exactly what this neutrino made (dataplane/ownership.py).
+Planes, in order: links (namespaces, bridges, VXLAN, veths, addresses, FDB), sysctls (forwarding in
+router namespaces), routes (over those links), nft (owned tables: routers' NAT), daemons (dnsmasq now).
+Each plane observes, diffs and applies on its own; one that fails does not stop the next, and the pass
+then counts as failed (the loop retries, the revision does not advance). A port is ready (ACTIVE) when
+every plane that names it has it ready. Cleanup is the same pipeline run on the empty HostState: it
+removes exactly what this neutrino made (dataplane/ownership.py).
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from neutrino.dataplane.links import LinkPlane, NetlinkKernel
 from neutrino.dataplane.nft import NftPlane
 from neutrino.dataplane.plane import Made, Plane
 from neutrino.dataplane.routes import NetlinkRoutes, RoutesPlane
+from neutrino.dataplane.sysctls import SysctlPlane
 from neutrino.intent.model import PortId, Snapshot
 
 log = logging.getLogger("neutrino.agent")
@@ -85,6 +87,7 @@ class Pipeline:
             run_dir = s.run_dir or RUN_ROOT
             records = own.NamespaceRecords(s.state_dir)
             self.planes = [LinkPlane(NetlinkKernel(), owner, records),
+                           SysctlPlane(),
                            RoutesPlane(NetlinkRoutes(), owner, records),
                            NftPlane(owner),
                            Supervisor(run_dir / owner, pointer=s.state_dir / "dhcp")]
@@ -126,7 +129,9 @@ class Pipeline:
         wired = frozenset(p for p, n in named.items() if ready.get(p, 0) == n)  # ready in every plane naming it
         return DriverResult(changes=changes, wired=wired, errors=tuple(errors), stats={
             "ports": len(desired.plugs) + len(desired.port_links), "dhcp_networks": len(desired.dhcp),
-            "dhcp_ports": sum(len(d.hosts) for d in desired.dhcp)})
+            "dhcp_ports": sum(len(d.hosts) for d in desired.dhcp), "routers": len(desired.routers),
+            "router_ports": sum(1 for p in desired.port_links if p.namespace.startswith("qrouter-")),
+            "ex_gw_ports": sum(1 for p in desired.port_links if p.peer.startswith("qg-"))})
 
 
 def sweep_legacy(state_dir: Path) -> int:

@@ -3,7 +3,8 @@
 Networks present on a host: those with a port bound to it, plus those whose DHCP it serves. Each gets a
 bridge ``brq<11>`` with one uplink: ``vxlan-<vni>`` (tenant networks, unicast flooding to the other
 hosts that have the network, FDB entries for their ports' MACs), the mapped physical interface (flat),
-or ``<iface>.<vid>`` (VLAN). DHCP ports become agent-owned veths into ``qdhcp-<network>``; instance
+or ``<iface>.<vid>`` (VLAN). DHCP ports become agent-owned veths into ``qdhcp-<network>``, routers
+(compile/routers.py) ``qrouter-<router>`` namespaces whose networks are present too; instance
 ports (``compute:*``) are taps created by the instance tooling, which the agent plugs into the bridge.
 """
 
@@ -13,6 +14,7 @@ import ipaddress
 from collections.abc import Mapping
 
 from neutrino.compile.dhcp import compile_dhcp, dnsmasq_daemon
+from neutrino.compile.routers import compile_router, router_ports
 from neutrino.compile.state import (
     BridgeSpec,
     HostState,
@@ -25,7 +27,15 @@ from neutrino.compile.state import (
     short,
     tap_name,
 )
-from neutrino.intent.model import COMPUTE_OWNER_PREFIX, DeviceOwner, HostName, NetworkType, PortSpec, Snapshot
+from neutrino.intent.model import (
+    COMPUTE_OWNER_PREFIX,
+    DeviceOwner,
+    HostName,
+    NetworkType,
+    PortSpec,
+    RouterId,
+    Snapshot,
+)
 
 IPV6_MIN_MTU = 1280
 
@@ -44,7 +54,10 @@ def compile_host(snap: Snapshot, host: str, tunnel_ip: str,
                  interface_mappings: Mapping[str, str]) -> HostState:
     mine = [p for p in snap.ports.values() if p.host == host]
     dhcp = compile_dhcp(snap, host)
-    net_ids = sorted({p.network_id for p in mine} | {d.network_id for d in dhcp})
+    routers = [compile_router(snap, r) for _, r in sorted(snap.routers.items()) if r.admin_state_up]
+    router_nets = {p.network_id for _, r in sorted(snap.routers.items()) if r.admin_state_up
+                   for p in router_ports(snap, r)}
+    net_ids = sorted({p.network_id for p in mine} | {d.network_id for d in dhcp} | router_nets)
     # Which hosts have which network (for VXLAN flooding and FDB).
     hosts_of: dict[str, set[str]] = {}
     for p in snap.ports.values():
@@ -94,7 +107,15 @@ def compile_host(snap: Snapshot, host: str, tunnel_ip: str,
                                           bridge_name(p.network_id), p.mac_address, net.mtu, addresses))
         elif p.device_owner.startswith(COMPUTE_OWNER_PREFIX):
             plugs.append(PlugSpec(p.id, tap_name(p.id), bridge_name(p.network_id), net.mtu, p.admin_state_up))
-    return HostState(namespaces=tuple(sorted(link.namespace for link in links)), bridges=tuple(bridges),
-                     vxlans=tuple(vxlans), vlans=tuple(vlans), plugs=tuple(plugs), port_links=tuple(links),
-                     dhcp=dhcp, daemons=tuple(dnsmasq_daemon(d) for d in dhcp),
+    routed = {link.port_id for r in routers for link in r.links}
+    links = [link for link in links if link.port_id not in routed]  # a router port is its router's
+    for r in routers:
+        links += r.links
+        problems += r.problems
+    return HostState(namespaces=tuple(sorted({link.namespace for link in links} | {r.namespace for r in routers})),
+                     bridges=tuple(bridges), vxlans=tuple(vxlans), vlans=tuple(vlans), plugs=tuple(plugs),
+                     port_links=tuple(links), dhcp=dhcp, routes=tuple(rt for r in routers for rt in r.routes),
+                     nft=tuple(r.nft for r in routers), daemons=tuple(dnsmasq_daemon(d) for d in dhcp),
+                     sysctls=tuple(sc for r in routers for sc in r.sysctls),
+                     routers=tuple(RouterId(r.namespace.removeprefix("qrouter-")) for r in routers),
                      problems=tuple(problems))

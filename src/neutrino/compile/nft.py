@@ -1,6 +1,7 @@
 """nftables tables (pure): what one namespace's owned table holds, and the script that sets it whole.
 
-Per namespace neutrino owns one ``inet`` table (and one ``bridge`` table where bridged ports are filtered),
+Per namespace neutrino owns one table per family: ``ip`` in a router's namespace (its NAT, compile/routers.py),
+``inet`` / ``bridge`` where ports are filtered,
 named by the nft plane after this neutrino's owner id (``neutrino-<owner>``), so two neutrinos never
 touch each other's tables. ``body`` is the table's content in nft syntax (chains, sets, maps); routers and
 security groups will compile into it. A full sync is one ``nft -f`` transaction: make the table (a no-op
@@ -13,13 +14,13 @@ from dataclasses import dataclass
 
 from neutrino.intent.model import PortId
 
-FAMILIES = ("inet", "bridge")
+FAMILIES = ("inet", "ip", "bridge")
 
 
 @dataclass(frozen=True, slots=True)
 class NftTable:
     namespace: str | None             # None: the agent's own namespace
-    family: str                       # inet | bridge
+    family: str                       # inet | ip | bridge
     body: str                         # the table's content (nft syntax, without the ``table`` line)
     ports: tuple[PortId, ...] = ()    # ports this table filters: ACTIVE only once it is in place
 

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from neutrino.compile.daemons import DaemonSpec
 from neutrino.compile.dhcp import DhcpServerSpec
 from neutrino.compile.nft import NftTable
-from neutrino.intent.model import NetworkId, PortId
+from neutrino.intent.model import NetworkId, PortId, RouterId
 
 Interface = ipaddress.IPv4Interface | ipaddress.IPv6Interface
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -75,7 +75,7 @@ class PlugSpec:
 @dataclass(frozen=True, slots=True)
 class PortLinkSpec:
     """A veth the agent owns end to end: ``device`` in the bridge, ``peer`` inside ``namespace`` with the
-    port's MAC and addresses (DHCP ports now; router ports later)."""
+    port's MAC and addresses (DHCP ports, router ports)."""
     port_id: PortId
     device: str
     peer: str
@@ -100,6 +100,16 @@ class RouteSpec:
 
 
 @dataclass(frozen=True, slots=True)
+class SysctlSpec:
+    """A sysctl neutrino sets in ``namespace`` (None: the host's), e.g. ``net.ipv4.ip_forward`` = "1" in a
+    router's namespace; a per-device key (``net.ipv4.conf.<dev>.arp_notify``) is set once the device exists.
+    Set, never restored: a namespace's values go with the namespace."""
+    namespace: str | None
+    key: str
+    value: str
+
+
+@dataclass(frozen=True, slots=True)
 class HostState:
     namespaces: tuple[str, ...] = ()
     bridges: tuple[BridgeSpec, ...] = ()
@@ -108,7 +118,9 @@ class HostState:
     plugs: tuple[PlugSpec, ...] = ()
     port_links: tuple[PortLinkSpec, ...] = ()
     dhcp: tuple[DhcpServerSpec, ...] = ()   # what the DHCP servers serve (their daemons are in ``daemons``)
-    routes: tuple[RouteSpec, ...] = ()      # none yet (routers: extra, default and on-link gateway routes)
-    nft: tuple[NftTable, ...] = ()          # one per (namespace, family); none yet (routers, security groups)
+    routes: tuple[RouteSpec, ...] = ()      # routers: extra, default and on-link gateway routes
+    nft: tuple[NftTable, ...] = ()          # one per (namespace, family): routers' NAT (security groups later)
     daemons: tuple[DaemonSpec, ...] = ()    # every daemon, fully rendered
+    sysctls: tuple[SysctlSpec, ...] = ()    # routers: forwarding, rp_filter, arp_notify
+    routers: tuple[RouterId, ...] = ()      # the routers realised here (qrouter-<id>)
     problems: tuple[str, ...] = ()  # intent this host cannot realise (e.g. a physnet with no mapping)

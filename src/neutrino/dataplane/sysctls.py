@@ -1,0 +1,100 @@
+"""The sysctl plane: the sysctls HostState names (``SysctlSpec``), e.g. forwarding in a router's namespace.
+
+Observe (read each key inside its namespace), diff, write only what differs: a restarted agent reads the
+same values and writes nothing. A per-device key whose device is not there (yet) is skipped and retried
+next pass. Values are never restored: neutrino sets them only in its own namespaces, which go whole.
+The files under ``/proc/sys/net`` belong to the namespace of whoever opens them, so each is opened from
+inside its namespace (this thread steps in and back out, no fork; dataplane/netlink.py).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+from neutrino.compile.state import HostState, SysctlSpec
+from neutrino.dataplane import netlink as nl
+from neutrino.dataplane.plane import Made, PlaneResult
+from neutrino.errors import KernelError
+from neutrino.intent.model import PortId
+
+
+def path(key: str) -> str:
+    return "/proc/sys/" + key.replace(".", "/")
+
+
+class SysctlKernel(Protocol):
+    def read(self, ns: str | None, key: str) -> str | None:
+        """The value, stripped; None when the key (or its namespace) does not exist."""
+        ...
+
+    def write(self, ns: str | None, key: str, value: str) -> None: ...
+
+
+class ProcSys:
+    @staticmethod
+    def _open(ns: str | None, key: str, flags: int) -> int:
+        if ns is None:
+            return os.open(path(key), flags | os.O_CLOEXEC)
+        return nl._socket_in(ns, lambda: os.open(path(key), flags | os.O_CLOEXEC))
+
+    def read(self, ns: str | None, key: str) -> str | None:
+        try:
+            fd = self._open(ns, key, os.O_RDONLY)
+        except OSError:
+            return None
+        try:
+            return os.read(fd, 4096).decode().strip()
+        finally:
+            os.close(fd)
+
+    def write(self, ns: str | None, key: str, value: str) -> None:
+        try:
+            fd = self._open(ns, key, os.O_WRONLY)
+            try:
+                os.write(fd, value.encode())
+            finally:
+                os.close(fd)
+        except OSError as exc:
+            raise KernelError(f"sysctl {key}={value}: {exc.strerror}", namespace=ns or "") from exc
+
+
+@dataclass(frozen=True, slots=True)
+class SetSysctl:
+    spec: SysctlSpec
+    was: str
+
+
+class SysctlPlane:
+    name = "sysctls"
+
+    def __init__(self, kernel: SysctlKernel | None = None) -> None:
+        self.kernel = kernel or ProcSys()
+
+    def diff(self, desired: HostState) -> list[SetSysctl]:
+        ops = []
+        for spec in desired.sysctls:
+            have = self.kernel.read(spec.namespace, spec.key)
+            if have is not None and have != spec.value:
+                ops.append(SetSysctl(spec, have))
+        return ops
+
+    def apply(self, ops: Sequence[SetSysctl]) -> int:
+        errors = []
+        for op in ops:
+            try:
+                self.kernel.write(op.spec.namespace, op.spec.key, op.spec.value)
+            except KernelError as exc:
+                errors.append(str(exc))
+        if errors:
+            raise KernelError("; ".join(errors))
+        return len(ops)
+
+    def names(self, desired: HostState) -> set[PortId]:
+        return set()
+
+    def sync(self, desired: HostState, made: Made = frozenset()) -> PlaneResult:
+        ops = self.diff(desired)
+        return PlaneResult(self.apply(ops) if ops else 0)

@@ -1,0 +1,179 @@
+"""A router on a real kernel, through the agent's real pipeline on a hand-built Snapshot (no API): two
+internal VXLAN subnets and an external flat network whose physnet is one end of a veth, the other end in an
+"upstream" namespace at the external gateway address. Two instance namespaces (veths standing in for the
+taps, static addresses, default route via the router): they ping across subnets; an instance's UDP to the
+upstream arrives from the gateway address (SNAT); the upstream reaches an instance by its floating IP and
+that instance's own traffic leaves from it; the extra route is in place; a restarted pipeline makes 0
+changes and leaves conntrack alone; cleanup removes the qrouter namespace and its table.
+
+The "host" is itself a throwaway namespace: the pipeline runs in a child process inside it (bridges and
+VXLAN devices stay there), the way test_planes_kernel.py runs its planes.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+import uuid
+from pathlib import Path
+
+import pytest
+
+from tests.integration.conftest import PREFIXES
+
+pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root (namespaces, links, nft)")
+ROOT = Path(__file__).resolve().parents[2]
+
+SCRIPT = textwrap.dedent('''
+    import ipaddress, json, subprocess, sys
+    from pathlib import Path
+    from neutrino.agent.loop import AgentSettings
+    from neutrino.agent.pipeline import Pipeline, cleanup
+    from neutrino.intent.model import (FixedIp, FloatingIpId, FloatingIpSpec, HostName, HostRoute, HostSpec,
+                                       NetworkId, NetworkSpec, NetworkType, PortId, PortSpec, RouterId,
+                                       RouterSpec, Snapshot, SubnetId, SubnetSpec)
+
+    tmp, tag, rid, i1, i2, up = sys.argv[1:7]
+    ip, net = ipaddress.ip_address, ipaddress.ip_network
+    def uid(n):
+        return f"{tag}{n:02d}0000-0000-0000-0000-000000000000"[:36]
+    NA, NB, NX = NetworkId(uid(1)), NetworkId(uid(2)), NetworkId(uid(3))
+    SA, SB, SX = SubnetId(uid(4)), SubnetId(uid(5)), SubnetId(uid(6))
+    QA, QB, QG, P1, P2 = (PortId(uid(n)) for n in (7, 8, 9, 10, 11))
+    R = RouterId(rid)
+    H = HostName("h1")
+
+    def rport(pid, nw, sub, mac, addr, owner):
+        return PortSpec(pid, nw, mac, (FixedIp(sub, ip(addr)),), owner, R, H)
+
+    def inst(pid, nw, sub, mac, addr):
+        return PortSpec(pid, nw, mac, (FixedIp(sub, ip(addr)),), "compute:lab", "vm", H)
+
+    def snapshot(fip=True):
+        return Snapshot(
+            revision=1,
+            networks={NA: NetworkSpec(NA, NetworkType.VXLAN, 701, None, 1450),
+                      NB: NetworkSpec(NB, NetworkType.VXLAN, 702, None, 1450),
+                      NX: NetworkSpec(NX, NetworkType.FLAT, None, "public", 1500)},
+            subnets={SA: SubnetSpec(SA, NA, net("10.71.0.0/24"), ip("10.71.0.1"), False),
+                     SB: SubnetSpec(SB, NB, net("10.72.0.0/24"), ip("10.72.0.1"), False),
+                     SX: SubnetSpec(SX, NX, net("203.0.113.0/24"), ip("203.0.113.1"), False)},
+            ports={QA: rport(QA, NA, SA, "fa:16:3e:71:00:01", "10.71.0.1", "network:router_interface"),
+                   QB: rport(QB, NB, SB, "fa:16:3e:72:00:01", "10.72.0.1", "network:router_interface"),
+                   QG: rport(QG, NX, SX, "fa:16:3e:73:00:01", "203.0.113.10", "network:router_gateway"),
+                   P1: inst(P1, NA, SA, "fa:16:3e:71:00:05", "10.71.0.5"),
+                   P2: inst(P2, NB, SB, "fa:16:3e:72:00:05", "10.72.0.5")},
+            hosts={H: HostSpec(H, ip("198.18.0.1"))},
+            routers={R: RouterSpec(R, routes=(HostRoute(net("192.168.77.0/24"), ip("10.72.0.254")),),
+                                   floating_ips=(FloatingIpSpec(FloatingIpId("f1"), ip("203.0.113.20"),
+                                                                ip("10.71.0.5"), P1),) if fip else ())})
+
+    def sh(*argv, check=True):
+        return subprocess.run(argv, capture_output=True, text=True, check=check)
+
+    # Instances: a veth per port, its host end named as the hypervisor's tap, its other end in the instance.
+    for ns, port, addr, gw in ((i1, P1, "10.71.0.5/24", "10.71.0.1"), (i2, P2, "10.72.0.5/24", "10.72.0.1")):
+        sh("ip", "link", "add", f"tap{port[:11]}", "type", "veth", "peer", "name", "eth0", "netns", ns)
+        sh("ip", "link", "set", f"tap{port[:11]}", "up")
+        for cmd in (("addr", "add", addr, "dev", "eth0"), ("link", "set", "eth0", "up"),
+                    ("route", "add", "default", "via", gw)):
+            sh("ip", "-n", ns, *cmd)
+
+    settings = AgentSettings(host="h1", tunnel_ip="198.18.0.1", interface_mappings={"public": "ext0"},
+                             state_dir=Path(tmp) / "agent", owner=tag, run_dir=Path(tmp) / "run")
+    out = {}
+    qr = f"qrouter-{rid}"
+    try:
+        first = Pipeline(settings).reconcile(snapshot())
+        out["first_errors"] = list(first.errors)
+        out["wired"] = sorted(first.wired)
+
+        def ping(ns, dst):
+            return sh("ip", "netns", "exec", ns, "ping", "-c", "1", "-W", "2", dst, check=False).returncode == 0
+
+        def udp_from(ns, dst):
+            """What the upstream's echo saw as the sender's address."""
+            server = subprocess.Popen(["ip", "netns", "exec", up, sys.executable, "-c",
+                                       "import socket\\ns=socket.socket(socket.AF_INET,socket.SOCK_DGRAM)\\n"
+                                       "s.bind(('203.0.113.1',7777));s.settimeout(5)\\n"
+                                       "d,a=s.recvfrom(100);s.sendto(a[0].encode(),a)"])
+            try:
+                for _ in range(20):
+                    if ":7777" in sh("ip", "netns", "exec", up, "ss", "-uln", check=False).stdout:
+                        break
+                    subprocess.run(["sleep", "0.1"])
+                got = sh("ip", "netns", "exec", ns, sys.executable, "-c",
+                         "import socket\\ns=socket.socket(socket.AF_INET,socket.SOCK_DGRAM);s.settimeout(3)\\n"
+                         f"s.sendto(b'x',('{dst}',7777));print(s.recvfrom(100)[0].decode())", check=False)
+                return got.stdout.strip()
+            finally:
+                server.kill()
+                server.wait()
+
+        ping(i1, "10.71.0.1"); ping(i2, "10.72.0.1")  # ARP warm-up
+        out["east_west"] = ping(i1, "10.72.0.5") and ping(i2, "10.71.0.5")
+        out["snat_source"] = udp_from(i2, "203.0.113.1")
+        out["fip_source"] = udp_from(i1, "203.0.113.1")
+        out["fip_inbound"] = ping(up, "203.0.113.20")
+        out["routes"] = sh("ip", "-n", qr, "route", "show", "proto", "78").stdout
+        out["forwarding"] = sh("ip", "netns", "exec", qr, "sysctl", "-n", "net.ipv4.ip_forward").stdout.strip()
+        out["table"] = sh("ip", "netns", "exec", qr, "nft", "list", "table", "ip", f"neutrino-{tag}").stdout
+        ct_before = sh("ip", "netns", "exec", qr, "conntrack", "-L", check=False).stdout
+        again = Pipeline(settings).reconcile(snapshot())  # a restarted agent
+        out["restart_changes"], out["restart_errors"] = again.changes, list(again.errors)
+        ct_after = sh("ip", "netns", "exec", qr, "conntrack", "-L", check=False).stdout
+        out["conntrack_kept"] = bool(ct_before.strip()) and ct_before == ct_after
+        pipe = Pipeline(settings)
+        pipe.reconcile(snapshot())
+        out["disassociate_changes"] = pipe.reconcile(snapshot(fip=False)).changes
+        out["fip_after_disassociate"] = ping(up, "203.0.113.20")
+    finally:
+        report = cleanup(settings)
+        out["cleanup_errors"] = list(report.errors)
+        out["namespace_left"] = qr in sh("ip", "netns", "list").stdout
+    print(json.dumps(out))
+''')
+
+
+def test_router_on_a_real_kernel(tmp_path: Path) -> None:
+    tag = f"c{os.getpid() % 100000:05d}"[:6]
+    host, up, i1, i2 = (f"ntl3{w}{os.getpid()}" for w in ("h", "u", "a", "b"))
+    rid = str(uuid.uuid4())
+    PREFIXES.append(f"qrouter-{rid}")
+    made = []
+    try:
+        for ns in (host, up, i1, i2):
+            subprocess.run(["ip", "netns", "add", ns], check=True)
+            made.append(ns)
+            subprocess.run(["ip", "-n", ns, "link", "set", "lo", "up"], check=True)
+        # The physnet: ext0 in the host, its peer in the upstream at the external gateway address.
+        subprocess.run(["ip", "-n", host, "link", "add", "ext0", "type", "veth", "peer", "name", "eth0", "netns",
+                        up], check=True)
+        for ns, cmd in ((host, ("link", "set", "ext0", "up")), (up, ("addr", "add", "203.0.113.1/24", "dev", "eth0")),
+                        (up, ("link", "set", "eth0", "up"))):
+            subprocess.run(["ip", "-n", ns, *cmd], check=True)
+        env = {**os.environ, "PYTHONPATH": f"{ROOT}:{ROOT / 'src'}"}
+        done = subprocess.run(["ip", "netns", "exec", host, sys.executable, "-c", SCRIPT, str(tmp_path), tag, rid,
+                               i1, i2, up], capture_output=True, text=True, env=env, timeout=120, check=False)
+        assert done.returncode == 0, done.stderr[-3000:]
+        out = json.loads(done.stdout.strip().splitlines()[-1])
+    finally:
+        for ns in reversed(made):
+            subprocess.run(["ip", "netns", "del", ns], check=False, capture_output=True)
+        subprocess.run(["ip", "netns", "del", f"qrouter-{rid}"], check=False, capture_output=True)
+    assert out["first_errors"] == [], out
+    assert len(out["wired"]) == 5  # three router ports (links + nft ready) and two instances
+    assert out["east_west"], out
+    assert out["snat_source"] == "203.0.113.10", out          # the gateway address
+    assert out["fip_source"] == "203.0.113.20", out           # the floating IP, not the gateway's
+    assert out["fip_inbound"], out
+    assert "192.168.77.0/24 via 10.72.0.254" in out["routes"] and "default via 203.0.113.1" in out["routes"]
+    assert out["forwarding"] == "1"
+    assert "dnat to 10.71.0.5" in out["table"] and "snat to 203.0.113.10" in out["table"]
+    assert out["restart_changes"] == 0 and out["restart_errors"] == [], out
+    assert out["conntrack_kept"], out
+    assert out["disassociate_changes"] > 0 and not out["fip_after_disassociate"], out
+    assert out["cleanup_errors"] == [] and not out["namespace_left"], out
