@@ -4,7 +4,7 @@ internal VXLAN subnets and an external flat network whose physnet is one end of 
 taps, static addresses, default route via the router): they ping across subnets; an instance's UDP to the
 upstream arrives from the gateway address (SNAT); the upstream reaches an instance by its floating IP and
 that instance's own traffic leaves from it; the extra route is in place; a restarted pipeline makes 0
-changes and leaves conntrack alone; cleanup removes the qrouter namespace and its table.
+changes, sets no nft table again and leaves conntrack alone; cleanup removes the qrouter namespace and its table.
 
 The "host" is itself a throwaway namespace: the pipeline runs in a child process inside it (bridges and
 VXLAN devices stay there), the way test_planes_kernel.py runs its planes.
@@ -122,10 +122,13 @@ SCRIPT = textwrap.dedent('''
         out["forwarding"] = sh("ip", "netns", "exec", qr, "sysctl", "-n", "net.ipv4.ip_forward").stdout.strip()
         out["table"] = sh("ip", "netns", "exec", qr, "nft", "list", "table", "ip", f"neutrino-{tag}").stdout
         ct_before = sh("ip", "netns", "exec", qr, "conntrack", "-L", check=False).stdout
+        handle = sh("ip", "netns", "exec", qr, "nft", "-a", "list", "table", "ip", f"neutrino-{tag}").stdout
         again = Pipeline(settings).reconcile(snapshot())  # a restarted agent
         out["restart_changes"], out["restart_errors"] = again.changes, list(again.errors)
         ct_after = sh("ip", "netns", "exec", qr, "conntrack", "-L", check=False).stdout
         out["conntrack_kept"] = bool(ct_before.strip()) and ct_before == ct_after
+        out["table_kept"] = "# handle" in handle and handle == sh(
+            "ip", "netns", "exec", qr, "nft", "-a", "list", "table", "ip", f"neutrino-{tag}").stdout
         pipe = Pipeline(settings)
         pipe.reconcile(snapshot())
         out["disassociate_changes"] = pipe.reconcile(snapshot(fip=False)).changes
@@ -175,5 +178,6 @@ def test_router_on_a_real_kernel(tmp_path: Path) -> None:
     assert "dnat to 10.71.0.5" in out["table"] and "snat to 203.0.113.10" in out["table"]
     assert out["restart_changes"] == 0 and out["restart_errors"] == [], out
     assert out["conntrack_kept"], out
+    assert out["table_kept"], out  # not even set again: the same table (handle) as before the restart
     assert out["disassociate_changes"] > 0 and not out["fip_after_disassociate"], out
     assert out["cleanup_errors"] == [] and not out["namespace_left"], out

@@ -130,3 +130,20 @@ def test_nft_plane_full_sync_after_failure_drift_and_sweep() -> None:
     assert not plane.full and nft.scripts[-1].startswith("table inet neutrino-me\ndelete table")
     plane.sync(HostState())
     assert ("ns1", "inet", "neutrino-me") not in nft.store
+
+
+def test_nft_plane_restarted_with_memory_reapplies_nothing_unless_the_table_changed(tmp_path: Path) -> None:
+    nft = FakeNft()
+    memory = tmp_path / "nft-tables.json"
+    want = dataclasses.replace(HostState(), nft=(NftTable("ns1", "ip", BODY, (A,)),))
+    assert NftPlane("me", nft, memory).sync(want).ready == {A}
+    n = len(nft.scripts)
+    again = NftPlane("me", nft, memory)  # a restarted agent
+    result = again.sync(want)
+    assert result.changes == 0 and result.ready == {A} and len(nft.scripts) == n  # no transaction at all
+    nft.store[("ns1", "ip", "neutrino-me")] = "edited while the agent was down"
+    NftPlane("me", nft, memory).sync(want)
+    assert len(nft.scripts) == n + 1 and nft.store[("ns1", "ip", "neutrino-me")] != "edited while the agent was down"
+    changed = dataclasses.replace(want, nft=(NftTable("ns1", "ip", BODY + "set s { type ipv4_addr; }\n", (A,)),))
+    NftPlane("me", nft, memory).sync(changed)
+    assert len(nft.scripts) == n + 2  # a new body is set, whatever the memory says

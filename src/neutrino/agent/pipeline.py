@@ -89,7 +89,7 @@ class Pipeline:
             self.planes = [LinkPlane(NetlinkKernel(), owner, records),
                            SysctlPlane(),
                            RoutesPlane(NetlinkRoutes(), owner, records),
-                           NftPlane(owner),
+                           NftPlane(owner, memory=s.state_dir / "nft-tables.json"),
                            Supervisor(run_dir / owner, pointer=s.state_dir / "dhcp")]
         self.daemons = next((p for p in self.planes if isinstance(p, Supervisor)), Supervisor(Path("/nonexistent")))
 

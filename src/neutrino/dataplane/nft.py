@@ -6,14 +6,20 @@ the table's listing; a pass lists each table again and a listing that differs (s
 the table, or it is gone) is a full sync. The first pass, and the next pass after any failure, is a full
 sync of every table, and also sweeps this owner's tables (``neutrino-<owner>``) that are not desired;
 tables of anyone else are never read or touched.
+
+With a ``memory`` file (the agent's state directory), what a sync left (body and listing per table) outlives
+the agent: a restarted agent whose desired body is the one it set, and whose table still lists exactly as
+it did then, takes the table as it is -- nothing re-applied, NAT and conntrack undisturbed.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import subprocess
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Protocol
 
 from neutrino.compile.nft import NftTable, render_delete, render_sync, table_name
@@ -89,16 +95,39 @@ class Observed:
 class NftPlane:
     name = "nft"
 
-    def __init__(self, owner: str, nft: Nft | None = None) -> None:
+    def __init__(self, owner: str, nft: Nft | None = None, memory: Path | None = None) -> None:
         self.owner = owner
         self.table = table_name(owner)
         self.nft = nft or NftCommand()
         self.applied: dict[TableKey, tuple[str, str | None]] = {}  # key -> (body, listing after the sync)
         self.full = True  # the first pass and the pass after a failure sync everything
+        self.memory = memory
+        self.remembered = self._recall()  # what an earlier run left: key -> (body, listing)
+
+    def _recall(self) -> dict[TableKey, tuple[str, str]]:
+        if self.memory is None:
+            return {}
+        try:
+            rows = json.loads(self.memory.read_text())
+            return {(r["ns"], r["family"]): (r["body"], r["listing"]) for r in rows}
+        except (OSError, ValueError, KeyError, TypeError):
+            return {}
+
+    def _remember(self) -> None:
+        if self.memory is None:
+            return
+        rows = [{"ns": k[0], "family": k[1], "body": v[0], "listing": v[1]}
+                for k, v in sorted(self.applied.items(), key=str) if v[1] is not None]
+        self.memory.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.memory.with_suffix(".tmp")
+        tmp.write_text(json.dumps(rows))
+        tmp.replace(self.memory)
 
     def observe(self, desired: HostState, namespaces: Collection[str] | None = None) -> Observed:
         keys = {(t.namespace, t.family) for t in desired.nft} | set(self.applied)
-        listings = {} if self.full else {k: self.nft.listing(k[0], k[1], self.table) for k in sorted(keys, key=str)}
+        if self.full:  # only tables an earlier run remembers are worth listing
+            keys = {(t.namespace, t.family) for t in desired.nft} & set(self.remembered)
+        listings = {k: self.nft.listing(k[0], k[1], self.table) for k in sorted(keys, key=str)}
         found: set[TableKey] = set()
         if self.full:
             for ns in sorted({None, *(t.namespace for t in desired.nft)}, key=lambda n: n or ""):
@@ -110,7 +139,10 @@ class NftPlane:
         wanted = {(t.namespace, t.family): t for t in desired.nft}
         for key, t in sorted(wanted.items(), key=str):
             body, listing = self.applied.get(key, (None, None))
-            if self.full:
+            kept = self.remembered.get(key)
+            if self.full and kept is not None and kept[0] == t.body and obs.listings.get(key) == kept[1]:
+                self.applied[key] = kept  # set by an earlier run and untouched since: taken as it is
+            elif self.full:
                 ops.append(SyncTable(t, "full sync"))
             elif body != t.body:
                 ops.append(SyncTable(t, "content changed"))
@@ -159,6 +191,9 @@ class NftPlane:
             self.full = True
             raise
         changes = self.apply(ops) if ops else 0
+        if self.full or ops:
+            self._remember()
+        self.remembered = {}
         self.full = False
         return PlaneResult(sum(1 for op in ops if not (isinstance(op, SyncTable) and op.why == "full sync"))
                            if changes else 0, frozenset(self.ready(desired)))
