@@ -573,8 +573,14 @@ class Generator:
                ("/v2.0/networks/{id}/dhcp-agents", f"/v2.0/networks/{fx.shared_net}/dhcp-agents"),
                ("/agent-api/v1/report", "/agent-api/v1/report"), ("/agent-api/v1/snapshot", "/agent-api/v1/snapshot"),
                ("/agent-api/v1/wait", "/agent-api/v1/wait"), ("/agent-api/v1/port-status", "/agent-api/v1/port-status"),
-               ("/agent-api/v1/{unknown}", "/agent-api/v1/nope"), ("/v2.0/{unknown}", "/v2.0/routers"),
-               ("/v2.0/{unknown}/{id}", "/v2.0/routers/x"), ("/{unknown}", "/nope")]
+               ("/agent-api/v1/{unknown}", "/agent-api/v1/nope"), ("/v2.0/{unknown}", "/v2.0/security-groups"),
+               ("/v2.0/{unknown}/{id}", "/v2.0/security-groups/x"), ("/{unknown}", "/nope"),
+               ("/v2.0/routers/{id}/{action}", f"/v2.0/routers/{uuid.UUID(int=5)}/add_router_interface"),
+               ("/v2.0/routers/{id}/{action}", f"/v2.0/routers/{uuid.UUID(int=5)}/add_extraroutes"),
+               ("/v2.0/routers/{id}/l3-agents", f"/v2.0/routers/{uuid.UUID(int=5)}/l3-agents"),
+               ("/v2.0/agents/{id}/l3-routers", f"/v2.0/agents/{fx.dhcp_agent}/l3-routers"),
+               ("/v2.0/agents/{id}/l3-routers/{router_id}",
+                f"/v2.0/agents/{fx.dhcp_agent}/l3-routers/{uuid.UUID(int=5)}")]
         for c in ("networks", "subnets", "ports", "agents"):
             out += [(f"/v2.0/{c}", f"/v2.0/{c}"), (f"/v2.0/{c}.json", f"/v2.0/{c}.json"),
                     (f"/v2.0/{c}/{{id}}", f"/v2.0/{c}/{fx.admin_owned(c)}"),

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 from starlette.applications import Starlette
 from starlette.routing import BaseRoute, Route
 
-from neutrino.api import agents, collections, extras
+from neutrino.api import agents, collections, extras, routers
 from neutrino.api.http import guarded, not_found_handler
 from neutrino.api.state import Api
 from neutrino.config import Config
@@ -44,6 +44,10 @@ ROUTES = [
     ("/v2.0/agents/{id}/dhcp-networks", agents.agent_networks, [GET, POST]),
     ("/v2.0/agents/{id}/dhcp-networks/{network_id}", agents.agent_network, [DELETE]),
     ("/v2.0/networks/{id}/dhcp-agents", agents.network_agents, [GET]),
+    ("/v2.0/agents/{id}/l3-routers", routers.agent_routers, [GET, POST]),
+    ("/v2.0/agents/{id}/l3-routers/{router_id}", routers.agent_router, [DELETE]),
+    ("/v2.0/routers/{id}/l3-agents", routers.router_agents, [GET]),
+    ("/v2.0/routers/{id}/{action}", routers.router_action, [PUT]),
     ("/agent-api/v1/report", agents.report, [POST]),
     ("/agent-api/v1/snapshot", agents.snapshot, [GET]),
     ("/agent-api/v1/wait", agents.wait, [GET]),

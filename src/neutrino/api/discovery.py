@@ -25,12 +25,19 @@ EXTENSIONS: tuple[Extension, ...] = (
     Extension("binding", "Port Binding", "Expose port bindings of a virtual port to external application"),
     Extension("dhcp_agent_scheduler", "DHCP Agent Scheduler", "Schedule networks among dhcp agents"),
     Extension("external-net", "Neutron external network", "Adds external network attribute to network resource."),
+    Extension("ext-gw-mode", "Neutron L3 Configurable external gateway mode",
+              "Extension of the router abstraction for specifying whether SNAT should occur on the external "
+              "gateway"),
+    Extension("extraroute", "Neutron Extra Route", "Extra routes configuration for L3 router"),
+    Extension("extraroute-atomic", "Atomically add/remove extra routes",
+              "Edit extra routes of a router on server side by atomically adding/removing extra routes"),
     Extension("extra_dhcp_opt", "Neutron Extra DHCP options",
               "Extra options configuration for DHCP. For example PXE boot options to DHCP clients can be "
               "specified (e.g. tftp-server, server-ip-address, bootfile-name)"),
     Extension("fields", "Fields", "Restrict the attributes returned with the fields query parameter."),
     Extension("filter-validation", "Filter parameters validation",
               "Provides validation on filter parameters."),
+    Extension("l3_agent_scheduler", "L3 Agent Scheduler", "Schedule routers among l3 agents"),
     Extension("net-mtu", "Network MTU", "Provides MTU attribute for a network resource."),
     Extension("net-mtu-writable", "Network MTU (writable)",
               "Provides a writable MTU attribute for a network resource."),
@@ -43,6 +50,9 @@ EXTENSIONS: tuple[Extension, ...] = (
     Extension("quotas", "Quota management support", "Expose functions for quotas management per project"),
     Extension("quota_details", "Quota details management support",
               "Expose functions for quotas usage statistics per project"),
+    Extension("router", "Neutron L3 Router",
+              "Router abstraction for basic L3 forwarding between L2 Neutron networks and access to external "
+              "networks via a NAT gateway."),
     Extension("revision-if-match", "If-Match constraints based on revision_number",
               "Extension indicating that If-Match based on revision_number is supported."),
     Extension("sorting", "Sorting support", "Extension that indicates that sorting is enabled."),
@@ -62,7 +72,7 @@ BY_ALIAS = {e.alias: e for e in EXTENSIONS}
 
 # Collections listed by GET /v2.0.
 COLLECTIONS = (("network", "networks"), ("subnet", "subnets"), ("port", "ports"), ("quota", "quotas"),
-               ("agent", "agents"),
+               ("agent", "agents"), ("router", "routers"), ("floatingip", "floatingips"),
                ("network_ip_availability", "network-ip-availabilities"))
 
 

@@ -10,10 +10,12 @@ from typing import Any
 
 from neutrino.api import validate as v
 from neutrino.api.attributes import FILTER_FOR, Attr, ResourceSpec, standard_attrs, with_columns
-from neutrino.db.schema import agents, networks, ports, subnets
+from neutrino.db.schema import agents, floatingips, networks, ports, routers, subnets
 from neutrino.services import agents as agent_service
+from neutrino.services import floatingips as fip_service
 from neutrino.services import networks as net_service
 from neutrino.services import ports as port_service
+from neutrino.services import routers as router_service
 from neutrino.services import subnets as subnet_service
 
 s255 = v.string(255)
@@ -153,5 +155,50 @@ AGENT = ResourceSpec(
         "started_at": Attr("started_at", filter=v.timestamp),
         "heartbeat_timestamp": Attr("heartbeat_timestamp", filter=v.timestamp),
         "resources_synced": Attr("resources_synced", sortable=False),
+    }),
+)
+
+
+_gateway_info = v.dict_of({"network_id": (True, v.uuid_str), "enable_snat": (False, v.boolean),
+                           "external_fixed_ips": (False, v.list_of(v.fixed_ip))})
+
+
+def _gateway_or_none(value: Any) -> Any:
+    return None if value is None or value == {} else _gateway_info(value)
+
+
+ROUTER = ResourceSpec(
+    name="router",
+    collection="routers",
+    table=routers,
+    attrs=with_columns(router_service.COLUMNS, {
+        **standard_attrs(),
+        "admin_state_up": Attr("admin_state_up", post=True, put=True, default=True,
+                               validate=v.boolean, filter=b),
+        "status": Attr("status"),
+        "external_gateway_info": Attr("external_gateway_info", post=True, put=True, default=None,
+                                      validate=_gateway_or_none, sortable=False),
+        "routes": Attr("routes", put=True, validate=v.list_of(v.host_route), sortable=False),
+        "distributed": Attr("distributed", sortable=False),
+        "ha": Attr("ha", sortable=False),
+        "availability_zone_hints": Attr("availability_zone_hints", sortable=False),
+        "availability_zones": Attr("availability_zones", sortable=False),
+        "flavor_id": Attr("flavor_id", sortable=False),
+    }),
+)
+
+FLOATINGIP = ResourceSpec(
+    name="floatingip",
+    collection="floatingips",
+    table=floatingips,
+    attrs=with_columns(fip_service.COLUMNS, {
+        **{k: a for k, a in standard_attrs().items() if k != "name"},
+        "floating_network_id": Attr("floating_network_id", post=True, required=True, validate=v.uuid_str),
+        "floating_ip_address": Attr("floating_ip_address", post=True, validate=v.ip_address),
+        "subnet_id": Attr("subnet_id", post=True, validate=v.uuid_str, sortable=False),
+        "port_id": Attr("port_id", post=True, put=True, validate=lambda x: None if x is None else v.uuid_str(x)),
+        "fixed_ip_address": Attr("fixed_ip_address", post=True, put=True, validate=v.ip_address),
+        "router_id": Attr("router_id"),
+        "status": Attr("status"),
     }),
 )

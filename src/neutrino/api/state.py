@@ -13,12 +13,12 @@ from starlette.requests import Request
 
 from neutrino.api.attributes import ResourceSpec
 from neutrino.api.http import read_json
-from neutrino.api.resources import AGENT, NETWORK, PORT, SUBNET
+from neutrino.api.resources import AGENT, FLOATINGIP, NETWORK, PORT, ROUTER, SUBNET
 from neutrino.config import Config
 from neutrino.context import RequestContext
 from neutrino.db.engine import Database
 from neutrino.errors import NotFound, PolicyNotAuthorized, Unauthorized
-from neutrino.services import agents, networks, ports, subnets
+from neutrino.services import agents, floatingips, networks, ports, routers, subnets
 from neutrino.services.core import Core
 from neutrino.sync import snapshot
 from neutrino.sync.channel import Channel
@@ -47,6 +47,10 @@ def bindings(cfg: Config) -> dict[str, Binding]:
         Binding(SUBNET, subnets.create, subnets.update, subnets.delete_, subnets.fetch, subnets.scope,
                 subnets.view),
         Binding(PORT, ports.create, ports.update, ports.delete_, ports.fetch, ports.scope, ports.view),
+        Binding(ROUTER, routers.create, routers.update, routers.delete_, routers.fetch, routers.scope,
+                routers.view),
+        Binding(FLOATINGIP, floatingips.create, floatingips.update, floatingips.delete_, floatingips.fetch,
+                floatingips.scope, floatingips.view),
         Binding(AGENT, agents.create, agents.update, agents.delete_, agents.fetch, agents.scope,
                 agents.make_view(cfg.agent.agent_down_seconds)),
     )}

@@ -191,3 +191,38 @@ settings = Table(
     Column("key", String(64), primary_key=True),
     Column("value", Text, nullable=False),
 )
+
+# Routers: the external gateway is a network:router_gateway port (device_id = router id); `gw_network_id`
+# names its network ('' = none); extra routes are JSON ({destination, nexthop}).
+routers = Table(
+    "routers",
+    metadata,
+    *_standard(),
+    Column("admin_state_up", Boolean, nullable=False, default=True),
+    Column("status", String(16), nullable=False, default="ACTIVE"),
+    Column("gw_network_id", String(36), nullable=False, default=""),
+    Column("enable_snat", Boolean, nullable=False, default=True),
+    Column("routes", JSON, nullable=False, default=list),
+)
+
+# Which L3 agent hosts which router (one each).
+router_bindings = Table(
+    "router_bindings",
+    metadata,
+    Column("router_id", ID, ForeignKey("routers.id", ondelete="CASCADE"), primary_key=True),
+    Column("agent_id", ID, ForeignKey("agents.id", ondelete="CASCADE"), nullable=False, index=True),
+)
+
+# Floating IPs: the address is held by a network:floatingip port on the external network.
+floatingips = Table(
+    "floatingips",
+    metadata,
+    *_standard(),
+    Column("floating_network_id", ID, nullable=False, index=True),
+    Column("floating_ip_address", String(64), nullable=False),
+    Column("floating_port_id", ID, nullable=False),
+    Column("port_id", String(36), nullable=True, index=True),
+    Column("fixed_ip_address", String(64), nullable=True),
+    Column("router_id", String(36), nullable=True, index=True),
+    Column("status", String(16), nullable=False, default="DOWN"),
+)

@@ -21,7 +21,7 @@ from neutrino.services.core import Core
 BINARY = "neutrino-agent"
 
 
-TOPICS = {AgentType.DHCP: "dhcp_agent", AgentType.L2: "N/A"}
+TOPICS = {AgentType.DHCP: "dhcp_agent", AgentType.L2: "N/A", AgentType.L3: "l3_agent"}
 # API attribute -> column (see standard.COLUMNS)
 COLUMNS = {c: c for c in ("id", "agent_type", "binary", "topic", "host", "admin_state_up", "description",
                           "availability_zone", "configurations", "created_at", "started_at", "heartbeat_timestamp")}

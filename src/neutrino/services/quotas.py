@@ -8,10 +8,10 @@ from typing import Any
 from sqlalchemy import Connection, delete, func, insert, select
 
 from neutrino.config import QuotaConfig
-from neutrino.db.schema import networks, ports, quotas, subnets
+from neutrino.db.schema import floatingips, networks, ports, quotas, routers, subnets
 from neutrino.errors import Conflict, OverQuota
 
-COUNTED = {"network": networks, "subnet": subnets, "port": ports}
+COUNTED = {"network": networks, "subnet": subnets, "port": ports, "router": routers, "floatingip": floatingips}
 
 
 def defaults(cfg: QuotaConfig) -> dict[str, int]:

@@ -11,9 +11,9 @@ import uuid
 from collections.abc import Sequence
 from typing import Any
 
-from sqlalchemy import Connection, delete, insert, select
+from sqlalchemy import Connection, delete, insert, select, update
 
-from neutrino.db.schema import ipallocations, networks, ports, subnets
+from neutrino.db.schema import floatingips, ipallocations, networks, ports, subnets
 from neutrino.services import standard
 
 
@@ -49,6 +49,10 @@ def delete_ports(conn: Connection, rows: Sequence[Any]) -> None:
     for r in rows:
         standard.emit(conn, "port", r.id, "delete", network_id=r.network_id, host=r.binding_host_id or None)
     for ids in _chunks([r.id for r in rows]):
+        # Floating IPs of these ports stay, disassociated.
+        conn.execute(update(floatingips).where(floatingips.c.port_id.in_(ids)).values(
+            port_id=None, fixed_ip_address=None, router_id=None, status="DOWN",
+            revision_number=floatingips.c.revision_number + 1, updated_at=standard.now()))
         conn.execute(delete(ipallocations).where(ipallocations.c.port_id.in_(ids)))
         standard.delete_tags(conn, ids)
         conn.execute(delete(ports).where(ports.c.id.in_(ids)))

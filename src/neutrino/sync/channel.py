@@ -14,7 +14,7 @@ from sqlalchemy import Connection
 
 from neutrino.intent.model import AgentType, Snapshot
 from neutrino.intent.report import AgentReport, PortStatus
-from neutrino.services import agents, dhcp, ports
+from neutrino.services import agents, dhcp, l3, ports
 from neutrino.services.core import Core
 from neutrino.sync import snapshot
 from neutrino.sync.feed import Feed
@@ -29,6 +29,8 @@ def register(conn: Connection, core: Core, rep: AgentReport) -> str:
     if new or rep.start_flag:
         if rep.agent_type is AgentType.DHCP:
             dhcp.schedule_unscheduled(conn, core)
+        elif rep.agent_type is AgentType.L3:
+            l3.schedule_unscheduled(conn, core)
         else:
             ports.rebind_host(conn, core, rep.host)
     return agent_id
