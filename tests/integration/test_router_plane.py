@@ -90,6 +90,8 @@ SCRIPT = textwrap.dedent('''
         first = Pipeline(settings).reconcile(snapshot())
         out["first_errors"] = list(first.errors)
         out["wired"] = sorted(first.wired)
+        # Before any traffic: the upstream (arp_accept) learnt the floating IP from the router's announcement.
+        out["announced"] = sh("ip", "-n", up, "neigh", "show", "203.0.113.20").stdout
 
         def ping(ns, dst):
             return sh("ip", "netns", "exec", ns, "ping", "-c", "1", "-W", "2", dst, check=False).returncode == 0
@@ -158,6 +160,7 @@ def test_router_on_a_real_kernel(tmp_path: Path) -> None:
         for ns, cmd in ((host, ("link", "set", "ext0", "up")), (up, ("addr", "add", "203.0.113.1/24", "dev", "eth0")),
                         (up, ("link", "set", "eth0", "up"))):
             subprocess.run(["ip", "-n", ns, *cmd], check=True)
+        subprocess.run(["ip", "netns", "exec", up, "sysctl", "-qw", "net.ipv4.conf.eth0.arp_accept=1"], check=True)
         env = {**os.environ, "PYTHONPATH": f"{ROOT}:{ROOT / 'src'}"}
         done = subprocess.run(["ip", "netns", "exec", host, sys.executable, "-c", SCRIPT, str(tmp_path), tag, rid,
                                i1, i2, up], capture_output=True, text=True, env=env, timeout=120, check=False)
@@ -170,6 +173,7 @@ def test_router_on_a_real_kernel(tmp_path: Path) -> None:
     assert out["first_errors"] == [], out
     assert len(out["wired"]) == 5  # three router ports (links + nft ready) and two instances
     assert out["east_west"], out
+    assert "fa:16:3e:73:00:01" in out["announced"], out  # gratuitous ARP from qg- for the floating IP
     assert out["snat_source"] == "203.0.113.10", out          # the gateway address
     assert out["fip_source"] == "203.0.113.20", out           # the floating IP, not the gateway's
     assert out["fip_inbound"], out

@@ -11,6 +11,7 @@ restarted agent observes, finds nothing to do, and disturbs nothing.
 from __future__ import annotations
 
 import contextlib
+import socket as stdsocket
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -256,6 +257,8 @@ def _apply_one(op: Op, sock: Any) -> None:
             if idx is None:
                 raise KernelError("no such link", obj=link, namespace=ns or "")
             (nl.add_address if isinstance(op, AddrAdd) else nl.delete_address)(sock(ns), idx, addr, link, ns)
+            if isinstance(op, AddrAdd) and ns is not None and link.startswith(GARP_PREFIXES) and addr.version == 4:
+                gratuitous_arp(ns, link, addr.ip.packed)
         case FdbAdd(link, mac, dst) | FdbDel(link, mac, dst):
             idx = nl.index(sock(None), link)
             if idx is not None:
@@ -265,6 +268,24 @@ def _apply_one(op: Op, sock: Any) -> None:
                               namespace=ns or "")
         case NetnsAdopt():
             pass
+
+
+GARP_PREFIXES = ("qg-",)  # a router's gateway: its neighbours learn a new (floating) address at once
+ETH_P_ARP = 0x0806
+
+
+def gratuitous_arp(ns: str, link: str, ip: bytes) -> None:
+    """Announce ``ip`` on ``link`` (an ARP request for itself, broadcast), as ``arping -U`` does: neighbours
+    that knew the address elsewhere (a floating IP moved between routers) update at once. Best effort: a
+    link without carrier yet announces nothing (arp_notify covers it coming up)."""
+    with contextlib.suppress(OSError):
+        sock = nl._socket_in(ns, lambda: stdsocket.socket(stdsocket.AF_PACKET, stdsocket.SOCK_RAW,
+                                                          stdsocket.htons(ETH_P_ARP)))
+        with sock:
+            sock.bind((link, ETH_P_ARP))
+            mac = sock.getsockname()[4]
+            arp = b"\x00\x01\x08\x00\x06\x04\x00\x01" + mac + ip + b"\x00" * 6 + ip
+            sock.send(b"\xff" * 6 + mac + ETH_P_ARP.to_bytes(2, "big") + arp)
 
 
 # -- the plane ------------------------------------------------------------------------------------------------
