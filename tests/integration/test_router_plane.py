@@ -28,12 +28,12 @@ pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root (namespace
 ROOT = Path(__file__).resolve().parents[2]
 
 SCRIPT = textwrap.dedent('''
-    import ipaddress, json, subprocess, sys
+    import dataclasses, ipaddress, json, subprocess, sys, time
     from pathlib import Path
     from neutrino.agent.loop import AgentSettings
     from neutrino.agent.pipeline import Pipeline, cleanup
     from neutrino.intent.model import (FixedIp, FloatingIpId, FloatingIpSpec, HostName, HostRoute, HostSpec,
-                                       NetworkId, NetworkSpec, NetworkType, PortId, PortSpec, RouterId,
+                                       Ipv6Mode, NetworkId, NetworkSpec, NetworkType, PortId, PortSpec, RouterId,
                                        RouterSpec, Snapshot, SubnetId, SubnetSpec)
 
     tmp, tag, rid, i1, i2, up = sys.argv[1:7]
@@ -41,7 +41,7 @@ SCRIPT = textwrap.dedent('''
     def uid(n):
         return f"{tag}{n:02d}0000-0000-0000-0000-000000000000"[:36]
     NA, NB, NX = NetworkId(uid(1)), NetworkId(uid(2)), NetworkId(uid(3))
-    SA, SB, SX = SubnetId(uid(4)), SubnetId(uid(5)), SubnetId(uid(6))
+    SA, SB, SX, SA6 = SubnetId(uid(4)), SubnetId(uid(5)), SubnetId(uid(6)), SubnetId(uid(12))
     QA, QB, QG, P1, P2 = (PortId(uid(n)) for n in (7, 8, 9, 10, 11))
     R = RouterId(rid)
     H = HostName("h1")
@@ -60,8 +60,12 @@ SCRIPT = textwrap.dedent('''
                       NX: NetworkSpec(NX, NetworkType.FLAT, None, "public", 1500)},
             subnets={SA: SubnetSpec(SA, NA, net("10.71.0.0/24"), ip("10.71.0.1"), False),
                      SB: SubnetSpec(SB, NB, net("10.72.0.0/24"), ip("10.72.0.1"), False),
-                     SX: SubnetSpec(SX, NX, net("203.0.113.0/24"), ip("203.0.113.1"), False)},
-            ports={QA: rport(QA, NA, SA, "fa:16:3e:71:00:01", "10.71.0.1", "network:router_interface"),
+                     SX: SubnetSpec(SX, NX, net("203.0.113.0/24"), ip("203.0.113.1"), False),
+                     SA6: SubnetSpec(SA6, NA, net("2001:db8:71::/64"), ip("2001:db8:71::1"), False,
+                                     ipv6_ra_mode=Ipv6Mode.SLAAC, ipv6_address_mode=Ipv6Mode.SLAAC)},
+            ports={QA: dataclasses.replace(
+                       rport(QA, NA, SA, "fa:16:3e:71:00:01", "10.71.0.1", "network:router_interface"),
+                       fixed_ips=(FixedIp(SA, ip("10.71.0.1")), FixedIp(SA6, ip("2001:db8:71::1")))),
                    QB: rport(QB, NB, SB, "fa:16:3e:72:00:01", "10.72.0.1", "network:router_interface"),
                    QG: rport(QG, NX, SX, "fa:16:3e:73:00:01", "203.0.113.10", "network:router_gateway"),
                    P1: inst(P1, NA, SA, "fa:16:3e:71:00:05", "10.71.0.5"),
@@ -120,6 +124,13 @@ SCRIPT = textwrap.dedent('''
         out["snat_source"] = udp_from(i2, "203.0.113.1")
         out["fip_source"] = udp_from(i1, "203.0.113.1")
         out["fip_inbound"] = ping(up, "203.0.113.20")
+        deadline = time.monotonic() + 10  # SLAAC from the router's advertisements: an address and a default route
+        while time.monotonic() < deadline:
+            out["ra_route"] = sh("ip", "-6", "-n", i1, "route", "show", "default").stdout
+            out["ra_addr"] = sh("ip", "-6", "-n", i1, "addr", "show", "dev", "eth0", "scope", "global").stdout
+            if "fe80::" in out["ra_route"] and "2001:db8:71:" in out["ra_addr"]:
+                break
+            time.sleep(0.2)
         out["routes"] = sh("ip", "-n", qr, "route", "show", "proto", "78").stdout
         out["forwarding"] = sh("ip", "netns", "exec", qr, "sysctl", "-n", "net.ipv4.ip_forward").stdout.strip()
         out["table"] = sh("ip", "netns", "exec", qr, "nft", "list", "table", "ip", f"neutrino-{tag}").stdout
@@ -178,6 +189,7 @@ def test_router_on_a_real_kernel(tmp_path: Path) -> None:
     assert out["fip_source"] == "203.0.113.20", out           # the floating IP, not the gateway's
     assert out["fip_inbound"], out
     assert "192.168.77.0/24 via 10.72.0.254" in out["routes"] and "default via 203.0.113.1" in out["routes"]
+    assert "via fe80::" in out["ra_route"] and "2001:db8:71:" in out["ra_addr"], out  # router advertisements
     assert out["forwarding"] == "1"
     assert "dnat to 10.71.0.5" in out["table"] and "snat to 203.0.113.10" in out["table"]
     assert out["restart_changes"] == 0 and out["restart_errors"] == [], out

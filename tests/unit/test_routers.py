@@ -16,6 +16,7 @@ from neutrino.intent.model import (
     FloatingIpId,
     FloatingIpSpec,
     HostRoute,
+    Ipv6Mode,
     NetworkId,
     NetworkSpec,
     NetworkType,
@@ -171,3 +172,17 @@ def test_sysctl_plane_writes_only_differences_and_skips_missing_keys() -> None:
     assert plane.sync(state).changes == 2
     assert sorted(k for _, k, _ in kernel.writes) == ["net.ipv4.conf.all.rp_filter", "net.ipv4.ip_forward"]
     assert plane.sync(state).changes == 0  # idempotent: a restart writes nothing
+
+
+def test_ipv6_subnets_with_an_ra_mode_get_router_advertisements() -> None:
+    snap = router_snapshot()
+    sa6 = SubnetId("5a600000-0000-0000-0000-00000000000a")
+    v6 = SubnetSpec(sa6, NA, ipaddress.ip_network("2001:db8:a::/64"), ip("2001:db8:a::1"), False,
+                    ipv6_ra_mode=Ipv6Mode.SLAAC, ipv6_address_mode=Ipv6Mode.SLAAC)
+    qa = dataclasses.replace(snap.ports[QA], fixed_ips=(*snap.ports[QA].fixed_ips, FixedIp(sa6, ip("2001:db8:a::1"))))
+    state = compiled(dataclasses.replace(snap, subnets={**snap.subnets, sa6: v6}, ports={**snap.ports, QA: qa}))
+    [ra] = [d for d in state.daemons if d.kind == "ra"]
+    assert ra.namespace == NS and ra.key == R1 and ra.ports == (QA,) and ra.binds == ("qr-qa000000-00",)
+    assert "--enable-ra" in ra.argv and "--dhcp-range=2001:db8:a::,ra-only,64" in ra.argv
+    assert "--interface=qr-qa000000-00" in ra.argv and "--port=0" in ra.argv  # no DNS
+    assert not [d for d in compiled().daemons if d.kind == "ra"]  # IPv4 only: no advertisements

@@ -20,6 +20,7 @@ from __future__ import annotations
 import ipaddress
 from dataclasses import dataclass
 
+from neutrino.compile.daemons import DIR, DaemonSpec
 from neutrino.compile.nft import NftTable
 from neutrino.compile.state import (
     Interface,
@@ -52,6 +53,7 @@ class CompiledRouter:
     routes: tuple[RouteSpec, ...]
     nft: NftTable
     sysctls: tuple[SysctlSpec, ...]
+    daemons: tuple[DaemonSpec, ...]
     problems: tuple[str, ...]
 
 
@@ -77,6 +79,7 @@ def compile_router(snap: Snapshot, router: RouterSpec) -> CompiledRouter:
     gw_dev: str | None = None
     gw_addr: ipaddress.IPv4Address | None = None
     gw_subnet: SubnetSpec | None = None
+    advertised: list[tuple[str, SubnetSpec, PortSpec]] = []  # (qr- device, IPv6 subnet with an RA mode, port)
     for p in router_ports(snap, router):
         net = snap.networks.get(p.network_id)
         if net is None:
@@ -100,6 +103,7 @@ def compile_router(snap: Snapshot, router: RouterSpec) -> CompiledRouter:
                           if f.floating_ip not in own]
         else:
             internal += [i.network for i, _ in subs if i.version == 4]
+            advertised += [(dev, sub, p) for i, sub in subs if i.version == 6 and sub.ipv6_ra_mode is not None]
         links.append(PortLinkSpec(p.id, tap_name(p.id), dev, ns, bridge_name(p.network_id), p.mac_address,
                                   net.mtu, tuple(addresses)))
     if gw_dev is not None and gw_subnet is not None and gw_subnet.gateway_ip is not None:
@@ -120,7 +124,27 @@ def compile_router(snap: Snapshot, router: RouterSpec) -> CompiledRouter:
         sysctls.append(SysctlSpec(ns, f"net.ipv4.conf.{gw_dev}.arp_notify", "1"))
     table = NftTable(ns, "ip", nat_body(router, gw_dev, gw_addr, internal),
                      tuple(link.port_id for link in links))
-    return CompiledRouter(ns, tuple(links), tuple(routes), table, tuple(sysctls), tuple(problems))
+    daemons = (ra_daemon(router, advertised),) if advertised else ()
+    return CompiledRouter(ns, tuple(links), tuple(routes), table, tuple(sysctls), daemons, tuple(problems))
+
+
+RA_MODES = {"slaac": "ra-only", "dhcpv6-stateless": "ra-stateless", "dhcpv6-stateful": "ra-only"}
+
+
+def ra_daemon(router: RouterSpec, advertised: list[tuple[str, SubnetSpec, PortSpec]]) -> DaemonSpec:
+    """Router advertisements on the router's IPv6 interfaces (dnsmasq in RA mode, no DHCP, no DNS): the
+    router (its link-local address on each ``qr-``) as the default router, and each subnet's prefix with
+    its mode's flags (slaac: autonomous; dhcpv6-stateless: autonomous + other config). Stateful subnets'
+    addresses come from the network's DHCP server (whose RA carries the managed flag)."""
+    devices = sorted({dev for dev, _, _ in advertised})
+    ranges = sorted(f"--dhcp-range={s.cidr.network_address},{RA_MODES.get(str(s.ipv6_ra_mode), 'ra-only')},"
+                    f"{s.cidr.prefixlen}" for _, s, _ in advertised)
+    argv = ("dnsmasq", "--conf-file=/dev/null", "--no-hosts", "--no-resolv", "--port=0", "--bind-dynamic",
+            "--except-interface=lo", *(f"--interface={d}" for d in devices), "--enable-ra",
+            f"--pid-file={DIR}/pid", f"--log-facility={DIR}/dnsmasq.log", *ranges)
+    return DaemonSpec(kind="ra", key=router.id, namespace=namespace(router.id), argv=argv, files=(),
+                      binds=tuple(devices), ports=tuple(sorted({p.id for _, _, p in advertised})),
+                      label=f"router advertisements for router {router.id}")
 
 
 def nat_body(router: RouterSpec, gw_dev: str | None, gw_addr: ipaddress.IPv4Address | None,
