@@ -395,3 +395,34 @@ def test_upgrade_from_previous_schema(tmp_path: Path) -> None:
             assert conn.execute(networks.select()).one().name == "old"
     finally:
         db.dispose()
+
+
+def test_sdk_and_router_owned_ports(admin: openstack.connection.Connection, external: External,
+                                    raw: Raw) -> None:
+    net = admin.network.create_network(name=uniq("sdk"))
+    sub = admin.network.create_subnet(network_id=net.id, ip_version=4, cidr=cidr())
+    r = admin.network.create_router(name=uniq("sdkr"), external_gateway_info={"network_id": external.network_id})
+    assert r.status == "ACTIVE" and r.external_gateway_info["network_id"] == external.network_id
+    info = admin.network.add_interface_to_router(r, subnet=sub.id)
+    assert info["subnet_id"] == sub.id
+    assert r.id in {x.id for x in admin.network.routers(name=r.name)}
+    fip = admin.network.create_ip(floating_network_id=external.network_id)
+    assert fip.status == "DOWN"
+    # Router and floating IP ports are not deleted through the ports API while their device exists.
+    error(raw("DELETE", f"/v2.0/ports/{info['port_id']}"), 409, "L3PortInUse")
+    [fip_port] = raw("GET", "/v2.0/ports", params={"device_id": fip.id}).json()["ports"]
+    error(raw("DELETE", f"/v2.0/ports/{fip_port['id']}"), 409, "L3PortInUse")
+    # An external network with gateways stays external.
+    error(raw("PUT", f"/v2.0/networks/{external.network_id}", json={"network": {"router:external": False}}),
+          409, "ExternalNetworkInUse")
+    # An update that changes nothing is no update.
+    before = admin.network.get_router(r.id).revision_number
+    same = raw("PUT", f"/v2.0/routers/{r.id}", json={"router": {
+        "external_gateway_info": {"network_id": external.network_id}, "name": r.name}})
+    assert same.status_code == 200 and same.json()["router"]["revision_number"] == before
+    upd = admin.network.update_router(r, name="renamed", routes=[])
+    assert upd.name == "renamed" and upd.revision_number == before + 1
+    admin.network.delete_ip(fip)
+    admin.network.remove_interface_from_router(r, subnet=sub.id)
+    admin.network.delete_router(r)
+    admin.network.delete_network(net)

@@ -186,6 +186,11 @@ def update(core: Core, conn: Connection, ctx: RequestContext, network_id: str, d
         if others is not None:
             raise InUse(f"Unable to reconfigure sharing settings for network {network_id}. "
                         "Multiple tenants are using it.", type="InvalidSharedSetting")
+    if values.get("router_external") is False and row.router_external and conn.execute(
+            select(ports.c.id).where(ports.c.network_id == network_id, ports.c.device_owner.in_(
+                [DeviceOwner.ROUTER_GATEWAY, DeviceOwner.FLOATINGIP])).limit(1)).first() is not None:
+        raise InUse(f"External network {network_id} cannot be updated to be no longer external, because it has "
+                    "existing gateway ports or floating IPs.", type="ExternalNetworkInUse")
     values = standard.changed(row, values)
     if not values:
         return

@@ -9,9 +9,9 @@ from sqlalchemy import Connection, or_, select, true
 
 from neutrino.context import RequestContext
 from neutrino.db.engine import lock_row
-from neutrino.db.schema import ipallocations, networks, ports
-from neutrino.errors import Conflict, PolicyNotAuthorized
-from neutrino.intent.model import NETWORK_OWNER_PREFIX, AgentType
+from neutrino.db.schema import floatingips, ipallocations, networks, ports, routers
+from neutrino.errors import Conflict, InUse, PolicyNotAuthorized
+from neutrino.intent.model import NETWORK_OWNER_PREFIX, AgentType, DeviceOwner
 from neutrino.ipam.macs import random_mac
 from neutrino.services import addresses, agents, quotas, rows, standard
 from neutrino.services import networks as net_service
@@ -211,7 +211,18 @@ def delete_(core: Core, conn: Connection, ctx: RequestContext, port_id: str, if_
     row = fetch(conn, ctx, port_id)
     guard_change(ctx, row.project_id, "delete_port", row.revision_number, if_match,
                  owner_only=False)
+    if row.device_owner in L3_OWNERS and row.device_id and _l3_device_exists(conn, row.device_owner, row.device_id):
+        raise InUse(f"Port {port_id} cannot be deleted directly via the port API: has device owner "
+                    f"{row.device_owner}.", type="L3PortInUse")
     rows.delete_ports(conn, [row])
+
+
+L3_OWNERS = frozenset({DeviceOwner.ROUTER_INTERFACE, DeviceOwner.ROUTER_GATEWAY, DeviceOwner.FLOATINGIP})
+
+
+def _l3_device_exists(conn: Connection, owner: str, device_id: str) -> bool:
+    table = floatingips if owner == DeviceOwner.FLOATINGIP else routers
+    return conn.execute(select(table.c.id).where(table.c.id == device_id)).first() is not None
 
 
 def load_fixed_ips(conn: Connection, ids: Sequence[str]) -> dict[str, list[dict[str, str]]]:

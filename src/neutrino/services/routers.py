@@ -154,16 +154,18 @@ def update(core: Core, conn: Connection, ctx: RequestContext, router_id: str, da
     row = fetch(conn, ctx, router_id)
     guard_change(ctx, row.project_id, "update_router", row.revision_number, if_match)
     values = standard.columns_of(data, COLUMNS)
+    gateway_changed = False
     if "external_gateway_info" in data:
         info = data["external_gateway_info"]
         same = (info and row.gw_network_id == info.get("network_id") and "external_fixed_ips" not in info
-                and info.get("enable_snat", True) == row.enable_snat)
+                and info.get("enable_snat", True) == row.enable_snat) or (not info and not row.gw_network_id)
         if not same:
             values.update(_set_gateway(core, conn, ctx, row, info, "update_router"))
+            gateway_changed = True
     if "routes" in data:
         values["routes"] = _check_routes(conn, router_id, data["routes"])
     values = standard.changed(row, values)
-    if not values and "external_gateway_info" not in data:
+    if not values and not gateway_changed:
         return
     standard.bump(conn, routers, router_id, values)
     standard.emit(conn, "router", router_id, "update")
