@@ -365,13 +365,17 @@ def test_cli(cli: Cli, member: Member, external: External) -> None:
     cli("router", "delete", name, fmt=False)
 
 
-def test_upgrade_from_previous_schema(tmp_path: Path) -> None:
+@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
+def test_upgrade_from_previous_schema(tmp_path: Path, backend: str, request: pytest.FixtureRequest) -> None:
     from neutrino.db.engine import Database
     from neutrino.db.migrate import upgrade
     from neutrino.db.schema import networks
     from neutrino.services import standard
 
-    url = f"sqlite:///{tmp_path / 'old.db'}"
+    if backend == "sqlite":
+        url = f"sqlite:///{tmp_path / 'old.db'}"
+    else:
+        url = request.getfixturevalue("postgres").new_database()
     db = Database(url)
     try:
         upgrade(db, "0001")
