@@ -430,3 +430,20 @@ def test_sdk_and_router_owned_ports(admin: openstack.connection.Connection, exte
     admin.network.remove_interface_from_router(r, subnet=sub.id)
     admin.network.delete_router(r)
     admin.network.delete_network(net)
+
+
+def test_admin_picks_the_floating_ip_address(raw: Raw, external: External) -> None:
+    ip = external.cidr.replace("0/24", "88")
+    made = raw("POST", "/v2.0/floatingips", json={"floatingip": {"floating_network_id": external.network_id,
+                                                                 "floating_ip_address": ip}})
+    assert made.status_code == 201, made.text
+    f = made.json()["floatingip"]
+    assert f["floating_ip_address"] == ip
+    error(raw("POST", "/v2.0/floatingips", json={"floatingip": {"floating_network_id": external.network_id,
+                                                                "floating_ip_address": ip}}),
+          409, "IpAddressAlreadyAllocated")
+    assert raw("DELETE", f"/v2.0/floatingips/{f['id']}").status_code == 204
+    again = raw("POST", "/v2.0/floatingips", json={"floatingip": {"floating_network_id": external.network_id,
+                                                                  "floating_ip_address": ip}})
+    assert again.status_code == 201
+    assert raw("DELETE", f"/v2.0/floatingips/{again.json()['floatingip']['id']}").status_code == 204
