@@ -4,7 +4,10 @@ internal VXLAN subnets and an external flat network whose physnet is one end of 
 taps, static addresses, default route via the router): they ping across subnets; an instance's UDP to the
 upstream arrives from the gateway address (SNAT); the upstream reaches an instance by its floating IP and
 that instance's own traffic leaves from it; the extra route is in place; a restarted pipeline makes 0
-changes, sets no nft table again and leaves conntrack alone; cleanup removes the qrouter namespace and its table.
+changes, sets no nft table again and leaves conntrack alone; a floating IP disassociated is unreachable;
+with enable_snat False the upstream sees the instance's own address; an interface removed stops east-west;
+cleanup removes the qrouter namespace and its table. The floating IP is announced by gratuitous ARP, and an
+IPv6 SLAAC subnet gets router advertisements.
 
 The "host" is itself a throwaway namespace: the pipeline runs in a child process inside it (bridges and
 VXLAN devices stay there), the way test_planes_kernel.py runs its planes.
@@ -52,7 +55,7 @@ SCRIPT = textwrap.dedent('''
     def inst(pid, nw, sub, mac, addr):
         return PortSpec(pid, nw, mac, (FixedIp(sub, ip(addr)),), "compute:lab", "vm", H)
 
-    def snapshot(fip=True):
+    def snapshot(fip=True, snat=True, qb=True):
         return Snapshot(
             revision=1,
             networks={NA: NetworkSpec(NA, NetworkType.VXLAN, 701, None, 1450),
@@ -71,7 +74,7 @@ SCRIPT = textwrap.dedent('''
                    P1: inst(P1, NA, SA, "fa:16:3e:71:00:05", "10.71.0.5"),
                    P2: inst(P2, NB, SB, "fa:16:3e:72:00:05", "10.72.0.5")},
             hosts={H: HostSpec(H, ip("198.18.0.1"))},
-            routers={R: RouterSpec(R, routes=(HostRoute(net("192.168.77.0/24"), ip("10.72.0.254")),),
+            routers={R: RouterSpec(R, enable_snat=snat, routes=(HostRoute(net("192.168.77.0/24"), ip("10.72.0.254")),),
                                    floating_ips=(FloatingIpSpec(FloatingIpId("f1"), ip("203.0.113.20"),
                                                                 ip("10.71.0.5"), P1),) if fip else ())})
 
@@ -97,11 +100,20 @@ SCRIPT = textwrap.dedent('''
         # Before any traffic: the upstream (arp_accept) learnt the floating IP from the router's announcement.
         out["announced"] = sh("ip", "-n", up, "neigh", "show", "203.0.113.20").stdout
 
-        def ping(ns, dst):
-            return sh("ip", "netns", "exec", ns, "ping", "-c", "1", "-W", "2", dst, check=False).returncode == 0
+        def ping(ns, dst, tries=3):
+            """Reachable within ``tries`` pings (one, where unreachability is what is checked)."""
+            return any(sh("ip", "netns", "exec", ns, "ping", "-c", "1", "-W", "2", dst, check=False).returncode == 0
+                       for _ in range(tries))
 
         def udp_from(ns, dst):
-            """What the upstream's echo saw as the sender's address."""
+            """What the upstream's echo saw as the sender's address (three tries)."""
+            for _ in range(3):
+                seen = udp_once(ns, dst)
+                if seen:
+                    return seen
+            return ""
+
+        def udp_once(ns, dst):
             server = subprocess.Popen(["ip", "netns", "exec", up, sys.executable, "-c",
                                        "import socket\\ns=socket.socket(socket.AF_INET,socket.SOCK_DGRAM)\\n"
                                        "s.bind(('203.0.113.1',7777));s.settimeout(5)\\n"
@@ -145,7 +157,15 @@ SCRIPT = textwrap.dedent('''
         pipe = Pipeline(settings)
         pipe.reconcile(snapshot())
         out["disassociate_changes"] = pipe.reconcile(snapshot(fip=False)).changes
-        out["fip_after_disassociate"] = ping(up, "203.0.113.20")
+        out["fip_after_disassociate"] = ping(up, "203.0.113.20", tries=1)
+        # enable_snat False: the upstream (with a route back through the gateway) sees the instance itself.
+        sh("ip", "-n", up, "route", "add", "10.72.0.0/24", "via", "203.0.113.10")
+        out["nosnat_changes"] = pipe.reconcile(snapshot(fip=False, snat=False)).changes
+        out["nosnat_source"] = udp_from(i2, "203.0.113.1")
+        # The interface on subnet B removed: east-west stops.
+        pipe.reconcile(dataclasses.replace(snapshot(fip=False, snat=False), ports={
+            k: v for k, v in snapshot().ports.items() if k != QB}))
+        out["east_west_after_removal"] = ping(i1, "10.72.0.5", tries=1)
     finally:
         report = cleanup(settings)
         out["cleanup_errors"] = list(report.errors)
@@ -196,4 +216,6 @@ def test_router_on_a_real_kernel(tmp_path: Path) -> None:
     assert out["conntrack_kept"], out
     assert out["table_kept"], out  # not even set again: the same table (handle) as before the restart
     assert out["disassociate_changes"] > 0 and not out["fip_after_disassociate"], out
+    assert out["nosnat_changes"] == 1 and out["nosnat_source"] == "10.72.0.5", out  # one nft transaction
+    assert not out["east_west_after_removal"], out
     assert out["cleanup_errors"] == [] and not out["namespace_left"], out
