@@ -329,12 +329,21 @@ def test_l3_scheduling_and_snapshot(raw: Raw, external: External, member: Member
                                          "fixed_ip": port["fixed_ips"][0]["ip_address"], "port_id": port["id"]}]
         owners = {p["device_owner"] for p in snap["ports"].values() if p["device_id"] == r["id"]}
         assert owners == {"network:router_interface", "network:router_gateway"}
-        assert iface["port_id"] in snap["ports"] and port["id"] not in snap["ports"]
+        # The router's ports are bound where its L3 agent runs: that agent wires them, reports them ACTIVE,
+        # and the other hosts send the router's networks' traffic there.
+        assert {p["host"] for p in snap["ports"].values() if p["device_id"] == r["id"]} == {host}
+        shown = raw("GET", f"/v2.0/ports/{iface['port_id']}").json()["port"]
+        assert shown["binding:host_id"] == host and shown["status"] == "DOWN"
+        raw("POST", "/agent-api/v1/port-status", json={"host": host, "active": [iface["port_id"]]})
+        assert raw("GET", f"/v2.0/ports/{iface['port_id']}").json()["port"]["status"] == "ACTIVE"
+        # The interface is bound here, so its network is this host's and so are that network's ports.
+        assert iface["port_id"] in snap["ports"] and port["id"] in snap["ports"]
         assert {net_id, external.network_id} <= set(snap["networks"])
         assert {sub_id, external.subnet_id} <= set(snap["subnets"])
         # An unscheduled router is scheduled when an L3 agent registers.
         raw("DELETE", f"/v2.0/agents/{agent_id}/l3-routers/{r['id']}")
         assert raw("GET", f"/v2.0/routers/{r['id']}/l3-agents").json()["agents"] == []
+        assert raw("GET", f"/v2.0/ports/{iface['port_id']}").json()["port"]["binding:host_id"] == ""
         assert r["id"] not in raw("GET", "/agent-api/v1/snapshot", params={"host": host}).json()["routers"]
         raw("POST", "/agent-api/v1/report", json={"host": host, "agent_type": "L3 agent", "configurations": {},
                                                   "start_flag": True})

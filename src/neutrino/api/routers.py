@@ -80,7 +80,7 @@ async def agent_routers(request: Request) -> Response:
 
     def add(conn: Connection) -> None:
         view.fetch(conn, ctx, router_id)
-        l3.add(conn, agent_id, router_id)
+        l3.add(conn, api.core, agent_id, router_id)
 
     await api.write(add)
     return Response(status_code=201)
@@ -90,7 +90,7 @@ async def agent_router(request: Request) -> Response:
     api = api_of(request)
     await api.admin_context(request, "delete_l3-router")
     agent_id, router_id = request.path_params["id"], request.path_params["router_id"]
-    await api.write(lambda conn: l3.remove(conn, agent_id, router_id))
+    await api.write(lambda conn: l3.remove(conn, api.core, agent_id, router_id))
     return Response(status_code=204)
 
 

@@ -7,12 +7,13 @@ from typing import Any
 
 from sqlalchemy import Connection, delete, func, insert, select, true
 
-from neutrino.db.schema import agents, router_bindings, routers
+from neutrino.db.schema import agents, ports, router_bindings, routers
 from neutrino.errors import Conflict, NotFound
-from neutrino.intent.model import AgentType
+from neutrino.intent.model import ROUTER_OWNERS, AgentType
 from neutrino.services import standard
 from neutrino.services.agents import is_alive
 from neutrino.services.core import Core
+from neutrino.services.ports import binding
 
 
 def _live_l3_agents(conn: Connection, core: Core) -> list[Any]:
@@ -28,12 +29,34 @@ def schedule_router(conn: Connection, core: Core, router_id: str) -> None:
                              .group_by(router_bindings.c.agent_id)).all())
     candidates = sorted(_live_l3_agents(conn, core), key=lambda a: (load.get(a.id, 0), a.host))
     if candidates:
-        _bind(conn, router_id, candidates[0])
+        _bind(conn, core, router_id, candidates[0])
 
 
-def _bind(conn: Connection, router_id: str, agent: Any) -> None:
+def _bind(conn: Connection, core: Core, router_id: str, agent: Any) -> None:
     conn.execute(insert(router_bindings).values(router_id=router_id, agent_id=agent.id))
     standard.emit(conn, "router_binding", router_id, "create", host=agent.host)
+    bind_ports(conn, core, router_id, agent.host)
+
+
+def host_of(conn: Connection, router_id: str) -> str:
+    """The host of the router's L3 agent ('' while unscheduled)."""
+    row = conn.execute(select(agents.c.host).join(router_bindings, router_bindings.c.agent_id == agents.c.id)
+                       .where(router_bindings.c.router_id == router_id)).first()
+    return str(row[0]) if row is not None else ""
+
+
+def bind_ports(conn: Connection, core: Core, router_id: str, host: str) -> None:
+    """A router's own ports (interfaces, gateway) are bound where its L3 agent runs: that host's agent
+    wires them and reports their status, and the other hosts send the router's networks' traffic there."""
+    found = conn.execute(select(ports.c.id, ports.c.network_id, ports.c.binding_host_id).where(
+        ports.c.device_id == router_id, ports.c.device_owner.in_(sorted(ROUTER_OWNERS)))).all()
+    for port_id, network_id, old in found:
+        if old == host:
+            continue
+        standard.bump(conn, ports, port_id, {"binding_host_id": host, "status": "DOWN",
+                                             **binding(conn, core, host)})
+        for where in {old, host} - {""}:  # the old host lets go, the new one takes it
+            standard.emit(conn, "port", port_id, "update", network_id=network_id, host=where)
 
 
 def schedule_unscheduled(conn: Connection, core: Core) -> None:
@@ -71,7 +94,7 @@ def agents_of(conn: Connection, router_id: str) -> list[str]:
                                        .where(router_bindings.c.router_id == router_id))]
 
 
-def add(conn: Connection, agent_id: str, router_id: str) -> None:
+def add(conn: Connection, core: Core, agent_id: str, router_id: str) -> None:
     row = agent(conn, agent_id)
     current = agents_of(conn, router_id)
     if agent_id in current:
@@ -79,13 +102,14 @@ def add(conn: Connection, agent_id: str, router_id: str) -> None:
     if current:
         raise Conflict(f"The router {router_id} has been already hosted by the L3 Agent {current[0]}.",
                        type="RouterHostedByL3Agent")
-    _bind(conn, router_id, row)
+    _bind(conn, core, router_id, row)
 
 
-def remove(conn: Connection, agent_id: str, router_id: str) -> None:
+def remove(conn: Connection, core: Core, agent_id: str, router_id: str) -> None:
     row = agent(conn, agent_id)
     if agent_id not in agents_of(conn, router_id):
         raise NotFound(f"The router {router_id} is not hosted by L3 agent {agent_id}.",
                        type="RouterNotHostedByL3Agent")
     conn.execute(delete(router_bindings).where(router_bindings.c.router_id == router_id))
     standard.emit(conn, "router_binding", router_id, "delete", host=row.host)
+    bind_ports(conn, core, router_id, "")

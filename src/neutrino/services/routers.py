@@ -122,13 +122,14 @@ def _new_port(core: Core, conn: Connection, router: Any, network_id: str, fixed:
     ips = addresses.allocate(core, conn, network_id, fixed, mac, owner)
     if not ips:
         raise BadRequest(f"Bad router request: No IPs available on network {network_id}.", type="BadRequest")
+    from neutrino.services import l3
+    host = l3.host_of(conn, router.id)  # where the router's L3 agent runs wires it
     return rows.insert_port(conn, {
         "project_id": router.project_id if project_id is None else project_id, "name": "", "description": "",
         "network_id": network_id, "mac_address": mac, "admin_state_up": True, "status": "DOWN",
         "device_id": router.id, "device_owner": owner, "port_security_enabled": False, "security_groups": [],
-        "allowed_address_pairs": [], "extra_dhcp_opts": [], "binding_host_id": "",
-        "binding_vnic_type": "normal", "binding_profile": {}, "binding_vif_type": "unbound",
-        "binding_vif_details": {}}, ips)
+        "allowed_address_pairs": [], "extra_dhcp_opts": [], "binding_host_id": host,
+        "binding_vnic_type": "normal", "binding_profile": {}, **port_service.binding(conn, core, host)}, ips)
 
 
 def create(core: Core, conn: Connection, ctx: RequestContext, data: dict[str, Any]) -> str:
@@ -289,6 +290,8 @@ def add_interface(core: Core, conn: Connection, ctx: RequestContext, router_id: 
         standard.bump(conn, ports, port_id, {"device_id": router_id, "device_owner": INTERFACE})
         standard.emit(conn, "port", port_id, "update", network_id=port.network_id,
                       host=port.binding_host_id or None)
+        from neutrino.services import l3
+        l3.bind_ports(conn, core, router_id, l3.host_of(conn, router_id))  # now the router's: its host
         new_id = port_id
     standard.bump(conn, routers, router_id)
     standard.emit(conn, "router", router_id, "update")
