@@ -336,6 +336,13 @@ def test_l3_scheduling_and_snapshot(raw: Raw, external: External, member: Member
         assert shown["binding:host_id"] == host and shown["status"] == "DOWN"
         raw("POST", "/agent-api/v1/port-status", json={"host": host, "active": [iface["port_id"]]})
         assert raw("GET", f"/v2.0/ports/{iface['port_id']}").json()["port"]["status"] == "ACTIVE"
+        # The floating IP goes ACTIVE when the router's agent says its NAT is in place; no other host can.
+        assert m("GET", f"/v2.0/floatingips/{f['id']}").json()["floatingip"]["status"] == "DOWN"
+        raw("POST", "/agent-api/v1/port-status", json={"host": "elsewhere", "active_floating_ips": [f["id"]]})
+        assert m("GET", f"/v2.0/floatingips/{f['id']}").json()["floatingip"]["status"] == "DOWN"
+        got = raw("POST", "/agent-api/v1/port-status", json={"host": host, "active_floating_ips": [f["id"]]})
+        assert got.json() == {"changed": 1}
+        assert m("GET", f"/v2.0/floatingips/{f['id']}").json()["floatingip"]["status"] == "ACTIVE"
         # The interface is bound here, so its network is this host's and so are that network's ports.
         assert iface["port_id"] in snap["ports"] and port["id"] in snap["ports"]
         assert {net_id, external.network_id} <= set(snap["networks"])

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
-from neutrino.intent.model import AgentType, PortId, Snapshot
+from neutrino.intent.model import AgentType, DeviceOwner, FloatingIpId, PortId, Snapshot
 from neutrino.intent.report import AgentReport, PortStatus
 from neutrino.intent.source import IntentSource
 
@@ -99,6 +99,21 @@ class AgentSettings:
     run_dir: Path | None = None  # where daemons keep their files (None: /run/neutrino)
 
 
+def applied_floating_ips(snap: Snapshot, mine: set[PortId], wired: set[PortId]) -> dict[FloatingIpId, bool]:
+    """Each floating IP of this host's routers, and whether it is applied: its router's gateway port is
+    ready in every plane naming it (the router's NAT table, holding the floating IP's rules, is in place as
+    compiled)."""
+    out: dict[FloatingIpId, bool] = {}
+    for router in snap.routers.values():
+        gateway = next((p.id for p in snap.ports.values() if p.device_id == router.id and p.id in mine
+                        and p.device_owner == DeviceOwner.ROUTER_GATEWAY), None)
+        if gateway is None:
+            continue
+        for fip in router.floating_ips:
+            out[fip.id] = router.admin_state_up and gateway in wired
+    return out
+
+
 class Agent:
     def __init__(self, source: IntentSource, settings: AgentSettings, drivers: Sequence[Driver]) -> None:
         self.source = source
@@ -107,6 +122,7 @@ class Agent:
         self.revision_file = settings.state_dir / "agent-revision"
         self.revision = self._load_revision()
         self.reported: dict[PortId, bool] = {}
+        self.reported_fips: dict[FloatingIpId, bool] = {}
         self.stats: dict[str, Any] = {}
         self.passes = 0
         self.churn = 0  # consecutive passes that changed something at the same revision
@@ -172,9 +188,14 @@ class Agent:
         self.pending = any(snap.ports[p].admin_state_up for p in mine - wired)
         active = sorted(p for p in mine & wired if self.reported.get(p) is not True)
         down = sorted(p for p in mine - wired if self.reported.get(p) is not False)
-        if active or down:
-            await self.source.port_status(PortStatus(self.settings.host, tuple(active), tuple(down)))
+        fips = applied_floating_ips(snap, mine, wired)
+        fip_up = sorted(f for f, up in fips.items() if up and self.reported_fips.get(f) is not True)
+        fip_down = sorted(f for f, up in fips.items() if not up and self.reported_fips.get(f) is not False)
+        if active or down or fip_up or fip_down:
+            await self.source.port_status(PortStatus(self.settings.host, tuple(active), tuple(down),
+                                                     tuple(fip_up), tuple(fip_down)))
         self.reported = {p: p in wired for p in mine}
+        self.reported_fips = fips
 
     async def run_once(self, fetch: bool = True, reason: str = "intent") -> Snapshot:
         """One pass. ``fetch``: ask the server for the snapshot (else reuse the last one: the intent has not

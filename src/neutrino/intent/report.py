@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from neutrino.intent.model import AgentType, PortId
+from neutrino.intent.model import AgentType, FloatingIpId, PortId
 
 
 @dataclass(frozen=True, slots=True)
@@ -20,7 +20,10 @@ class AgentReport:
 
 @dataclass(frozen=True, slots=True)
 class PortStatus:
-    """An agent's ports on its host: wired (ACTIVE) and not (DOWN)."""
+    """An agent's ports on its host: wired (ACTIVE) and not (DOWN); and the floating IPs of its routers:
+    applied (ACTIVE: their router's NAT table is in place as compiled) or not (DOWN)."""
     host: str
     active: tuple[PortId, ...] = ()
     down: tuple[PortId, ...] = ()
+    active_floating_ips: tuple[FloatingIpId, ...] = ()
+    down_floating_ips: tuple[FloatingIpId, ...] = ()

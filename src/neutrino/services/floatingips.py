@@ -12,9 +12,9 @@ from sqlalchemy import Connection, delete, insert, select, true
 
 from neutrino.context import RequestContext
 from neutrino.db.engine import lock_row
-from neutrino.db.schema import floatingips, ipallocations, networks, ports, routers
+from neutrino.db.schema import agents, floatingips, ipallocations, networks, ports, router_bindings, routers
 from neutrino.errors import BadRequest, Conflict, InUse, NotFound, PolicyNotAuthorized
-from neutrino.intent.model import DeviceOwner
+from neutrino.intent.model import AgentType, DeviceOwner
 from neutrino.services import addresses, quotas, rows, standard
 from neutrino.services.core import Core, guard_change, require_writer
 
@@ -177,6 +177,13 @@ def view(conn: Connection, rows_: Sequence[Any], ctx: RequestContext) -> list[di
                      "status": r.status})
         out.append(item)
     return out
+
+
+def of_host(conn: Connection, host: str) -> list[str]:
+    """The floating IPs on routers scheduled to the L3 agent of ``host``."""
+    hosted = select(router_bindings.c.router_id).join(agents, agents.c.id == router_bindings.c.agent_id).where(
+        agents.c.host == host, agents.c.agent_type == AgentType.L3.value)
+    return [r[0] for r in conn.execute(select(floatingips.c.id).where(floatingips.c.router_id.in_(hosted)))]
 
 
 def set_floatingip_status(conn: Connection, fip_id: str, status: str) -> bool:

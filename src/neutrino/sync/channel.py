@@ -14,7 +14,7 @@ from sqlalchemy import Connection
 
 from neutrino.intent.model import AgentType, Snapshot
 from neutrino.intent.report import AgentReport, PortStatus
-from neutrino.services import agents, dhcp, l3, ports
+from neutrino.services import agents, dhcp, floatingips, l3, ports
 from neutrino.services.core import Core
 from neutrino.sync import snapshot
 from neutrino.sync.feed import Feed
@@ -34,6 +34,16 @@ def register(conn: Connection, core: Core, rep: AgentReport) -> str:
         else:
             ports.rebind_host(conn, core, rep.host)
     return agent_id
+
+
+def set_status(conn: Connection, status: PortStatus) -> int:
+    """An agent's report: its ports' status, and its routers' floating IPs' (only those of routers
+    scheduled to its host: another host's report cannot flip them)."""
+    changed = ports.set_status(conn, status.host, status.active, status.down)
+    mine = set(floatingips.of_host(conn, status.host))
+    for fip_ids, state in ((status.active_floating_ips, "ACTIVE"), (status.down_floating_ips, "DOWN")):
+        changed += sum(floatingips.set_floatingip_status(conn, f, state) for f in fip_ids if f in mine)
+    return changed
 
 
 class Channel:
@@ -59,9 +69,8 @@ class Channel:
         return found
 
     async def port_status(self, status: PortStatus) -> int:
-        """How many of the host's ports changed status."""
-        changed: int = await self._write(lambda conn: ports.set_status(conn, status.host, status.active,
-                                                                      status.down))
+        """How many of the host's ports and floating IPs changed status."""
+        changed: int = await self._write(lambda conn: set_status(conn, status))
         return changed
 
     async def aclose(self) -> None:
