@@ -15,7 +15,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from neutrino.api import validate as v
-from neutrino.api.http import json_response
+from neutrino.api.http import id_in_body, json_response
 from neutrino.api.state import api_of
 from neutrino.errors import BadRequest
 from neutrino.intent import codec
@@ -71,10 +71,7 @@ async def agent_networks(request: Request) -> Response:
         def listed(conn: Connection) -> list[dict[str, Any]]:
             return net_service.view(conn, dhcp.networks_of(conn, agent_id), ctx)
         return json_response({"networks": await api.read(listed)})
-    body = await api.body(request)
-    if not isinstance(body, dict) or not isinstance(body.get("network_id"), str):
-        raise BadRequest("Invalid body: expected {\"network_id\": ...}", type="HTTPBadRequest")
-    network_id = body["network_id"]
+    network_id = id_in_body(await api.body(request), "network_id")
     await api.write(lambda conn: dhcp.add_network(conn, api.core, ctx, agent_id, network_id))
     return Response(status_code=201)
 

@@ -152,3 +152,10 @@ async def not_found_handler(request: Request, exc: Exception) -> Response:
     if status == 405:
         return error_response(MethodNotAllowed("The method is not allowed for this resource."))
     return error_response(NotFound("The resource could not be found.", type="HTTPNotFound"))
+
+
+def id_in_body(body: Any, key: str) -> str:
+    """``{key: "<id>"}``, the body that schedules a resource to an agent; 400 otherwise."""
+    if not isinstance(body, dict) or not isinstance(body.get(key), str):
+        raise BadRequest(f"Invalid body: expected {{\"{key}\": ...}}", type="HTTPBadRequest")
+    return str(body[key])

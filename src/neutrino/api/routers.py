@@ -9,7 +9,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from neutrino.api import validate as v
-from neutrino.api.http import json_response
+from neutrino.api.http import id_in_body, json_response
 from neutrino.api.state import api_of
 from neutrino.errors import BadRequest, NotFound
 from neutrino.services import l3, routers
@@ -73,10 +73,7 @@ async def agent_routers(request: Request) -> Response:
         def listed(conn: Connection) -> list[dict[str, Any]]:
             return view.view(conn, [view.fetch(conn, ctx, rid) for rid in l3.routers_of(conn, agent_id)], ctx)
         return json_response({"routers": await api.read(listed)})
-    body = await api.body(request)
-    if not isinstance(body, dict) or not isinstance(body.get("router_id"), str):
-        raise BadRequest("Invalid body: expected {\"router_id\": ...}", type="HTTPBadRequest")
-    router_id = body["router_id"]
+    router_id = id_in_body(await api.body(request), "router_id")
 
     def add(conn: Connection) -> None:
         view.fetch(conn, ctx, router_id)
