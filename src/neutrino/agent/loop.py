@@ -104,9 +104,12 @@ def applied_floating_ips(snap: Snapshot, mine: set[PortId], wired: set[PortId]) 
     ready in every plane naming it (the router's NAT table, holding the floating IP's rules, is in place as
     compiled)."""
     out: dict[FloatingIpId, bool] = {}
+    if not snap.routers:
+        return out
+    gateways = {p.device_id: p.id for p in snap.ports.values()  # one look at the ports, not one per router
+                if p.device_owner == DeviceOwner.ROUTER_GATEWAY and p.id in mine}
     for router in snap.routers.values():
-        gateway = next((p.id for p in snap.ports.values() if p.device_id == router.id and p.id in mine
-                        and p.device_owner == DeviceOwner.ROUTER_GATEWAY), None)
+        gateway = gateways.get(router.id)
         if gateway is None:
             continue
         for fip in router.floating_ips:
