@@ -17,6 +17,7 @@ PortId = NewType("PortId", str)
 HostName = NewType("HostName", str)
 RouterId = NewType("RouterId", str)
 FloatingIpId = NewType("FloatingIpId", str)
+SecurityGroupId = NewType("SecurityGroupId", str)
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -106,6 +107,47 @@ class ExtraDhcpOpt:
     ip_version: int = 4
 
 
+class Direction(StrEnum):
+    """A security group rule's direction, seen from the port: ingress = traffic to it."""
+    INGRESS = "ingress"
+    EGRESS = "egress"
+
+
+@dataclass(frozen=True, slots=True)
+class SecurityGroupRuleSpec:
+    """One rule, normalised by the server: ``protocol`` is an IP protocol number (None = any; the name
+    "icmp" on an IPv6 rule is already 58); for TCP/UDP/SCTP/UDP-Lite ``port_min``/``port_max`` are the
+    destination port range, for ICMP/ICMPv6 they are the type and code (None = any); at most one of
+    ``remote_ip_prefix`` and ``remote_group_id`` is set (neither = anywhere)."""
+    id: str
+    direction: Direction
+    ethertype: int                                   # 4 or 6
+    protocol: int | None = None
+    port_min: int | None = None
+    port_max: int | None = None
+    remote_ip_prefix: IPNetwork | None = None
+    remote_group_id: SecurityGroupId | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class SecurityGroupSpec:
+    """A security group some port on this host uses, directly or as a rule's remote group. ``members``
+    are the addresses of every port in the group, on any host (fixed IPs and allowed address pairs, as
+    networks: a pair may be a CIDR), sorted: what a remote-group rule matches."""
+    id: SecurityGroupId
+    stateful: bool = True
+    rules: tuple[SecurityGroupRuleSpec, ...] = ()
+    members: tuple[IPNetwork, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class AddressPair:
+    """An allowed address pair: the port may also send from ``ip_address`` (an address or a CIDR) with
+    ``mac_address`` (the server fills in the port's own MAC when the pair names none)."""
+    ip_address: IPNetwork
+    mac_address: str
+
+
 @dataclass(frozen=True, slots=True)
 class PortSpec:
     id: PortId
@@ -118,6 +160,12 @@ class PortSpec:
     admin_state_up: bool = True
     extra_dhcp_opts: tuple[ExtraDhcpOpt, ...] = ()
     dns_name: str = ""
+    # Port security. The server always sets these; the defaults (unfiltered) suit hand-built snapshots.
+    # With port_security_enabled the port is filtered by its groups (none: nothing comes in) and may send
+    # only from its MAC and fixed IPs or address pairs.
+    port_security_enabled: bool = False
+    security_groups: tuple[SecurityGroupId, ...] = ()
+    allowed_address_pairs: tuple[AddressPair, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -164,3 +212,5 @@ class Snapshot:
     dhcp_networks: frozenset[NetworkId] = frozenset()
     hosts: dict[HostName, HostSpec] = field(default_factory=dict)
     routers: dict[RouterId, RouterSpec] = field(default_factory=dict)  # scheduled to this host's L3 agent
+    # Every group a port bound to this host uses, and every group their rules name as remote group.
+    security_groups: dict[SecurityGroupId, SecurityGroupSpec] = field(default_factory=dict)
