@@ -112,6 +112,27 @@ def test_gateway_outside_the_subnet_gets_an_on_link_route_first() -> None:
     assert str(routes[1].destination) == "0.0.0.0/0" and str(routes[1].gateway) == "198.51.100.1"
 
 
+def test_ipv6_gateway_gets_an_ipv6_default_route() -> None:
+    snap = router_snapshot()
+    sx6 = SubnetId("s6000000-0000-0000-0000-000000000000")
+    qg = snap.ports[QG]
+    v6 = FixedIp(sx6, ip("2001:db8:9::10"))
+    snap = dataclasses.replace(
+        snap, subnets={**snap.subnets, sx6: SubnetSpec(sx6, NX, ipaddress.ip_network("2001:db8:9::/64"),
+                                                       ip("2001:db8:9::1"), False)},
+        ports={**snap.ports, QG: dataclasses.replace(qg, fixed_ips=(*qg.fixed_ips, v6))})
+    routes = {(str(r.destination), str(r.gateway), r.device) for r in compiled(snap).routes}
+    assert ("::/0", "2001:db8:9::1", "qg-qe000000-00") in routes
+    assert ("0.0.0.0/0", "203.0.113.1", "qg-qe000000-00") in routes
+
+
+def test_hairpin_is_masqueraded_only_between_internal_ports() -> None:
+    post = compiled().nft[0].body.split("chain postrouting")[1]
+    assert 'ct status dnat iifname != "qg-qe000000-00" oifname != "qg-qe000000-00" masquerade' in post
+    without_fips = dataclasses.replace(router_snapshot(), routers={R1: RouterSpec(R1)})
+    assert "masquerade" not in compiled(without_fips).nft[0].body
+
+
 def test_nat_table_by_meaning() -> None:
     t = compiled().nft[0]
     assert (t.namespace, t.family) == (NS, "ip") and set(t.ports) == {QA, QB, QG}

@@ -5,12 +5,13 @@ as a DHCP port): ``qr-<11>`` for each ``network:router_interface`` port, in its 
 port's addresses (usually the subnets' gateways); ``qg-<11>`` for the ``network:router_gateway`` port, in
 the external network's bridge (a flat network's bridge is plugged into the mapped physical interface), with
 the gateway address plus every floating IP as a /32. Routes (protocol 78, routes plane): the on-link route
-to the external gateway when it lies outside the ``qg-`` subnet, the default route via it, and each extra
-route via the router port whose subnet holds its nexthop. NAT is one ``ip`` table in the namespace (nft
-plane, one atomic transaction per change): per floating IP a 1:1 DNAT (prerouting) and SNAT (postrouting,
-before the generic rule), and with ``enable_snat`` traffic from the internal subnets leaving ``qg-``
-rewritten to the gateway address. Sysctls: forwarding on, loose rp_filter (floating IPs make paths
-asymmetric), ``arp_notify`` on ``qg-`` (gratuitous ARP when it comes up).
+to the external gateway when it lies outside the ``qg-`` subnet, the default route via it (IPv4 and, when
+the gateway port has an IPv6 address on a subnet with a gateway, IPv6), and each extra route via the router
+port whose subnet holds its nexthop. NAT is one ``ip`` table in the namespace (nft plane, one atomic
+transaction per change): per floating IP a 1:1 DNAT (prerouting) and SNAT (postrouting, before the generic
+rule), hairpin NAT for instances reaching each other by floating IP, and with ``enable_snat`` traffic from
+the internal subnets leaving ``qg-`` rewritten to the gateway address. Sysctls: forwarding on, loose
+rp_filter (floating IPs make paths asymmetric), ``arp_notify`` on ``qg-`` (gratuitous ARP when it comes up).
 
 A router with admin_state_up False is not realised (its namespace goes, as Neutron takes it down).
 """
@@ -35,6 +36,7 @@ from neutrino.compile.state import (
 from neutrino.intent.model import DeviceOwner, PortSpec, RouterSpec, Snapshot, SubnetSpec
 
 DEFAULT_V4 = ipaddress.IPv4Network("0.0.0.0/0")
+DEFAULT_V6 = ipaddress.IPv6Network("::/0")
 ROUTER_PORT_OWNERS = (DeviceOwner.ROUTER_INTERFACE, DeviceOwner.ROUTER_GATEWAY)
 
 
@@ -78,7 +80,7 @@ def compile_router(snap: Snapshot, router: RouterSpec) -> CompiledRouter:
     connected: list[tuple[Network, str]] = []  # (subnet, device) of every router port
     gw_dev: str | None = None
     gw_addr: ipaddress.IPv4Address | None = None
-    gw_subnet: SubnetSpec | None = None
+    gw_subnets: list[SubnetSpec] = []     # the gateway port's subnets: the first of each IP version routes
     advertised: list[tuple[str, SubnetSpec, PortSpec]] = []  # (qr- device, IPv6 subnet with an RA mode, port)
     for p in router_ports(snap, router):
         net = snap.networks.get(p.network_id)
@@ -94,9 +96,10 @@ def compile_router(snap: Snapshot, router: RouterSpec) -> CompiledRouter:
                 problems.append(f"router {router.id}: more than one gateway port, {p.id} ignored")
                 continue
             gw_dev = dev
-            v4 = [(i, s) for i, s in subs if i.version == 4]
+            v4 = [i for i, _ in subs if i.version == 4]
             if v4:
-                gw_addr, gw_subnet = ipaddress.IPv4Address(v4[0][0].ip), v4[0][1]
+                gw_addr = ipaddress.IPv4Address(v4[0].ip)
+            gw_subnets = [s for _, s in subs]
             own = {i.ip for i in addresses}
             addresses += [ipaddress.ip_interface(f"{f.floating_ip}/{f.floating_ip.max_prefixlen}")
                           for f in sorted(router.floating_ips, key=lambda f: int(f.floating_ip))
@@ -106,11 +109,14 @@ def compile_router(snap: Snapshot, router: RouterSpec) -> CompiledRouter:
             advertised += [(dev, sub, p) for i, sub in subs if i.version == 6 and sub.ipv6_ra_mode is not None]
         links.append(PortLinkSpec(p.id, tap_name(p.id), dev, ns, bridge_name(p.network_id), p.mac_address,
                                   net.mtu, tuple(addresses)))
-    if gw_dev is not None and gw_subnet is not None and gw_subnet.gateway_ip is not None:
+    for default in (DEFAULT_V4, DEFAULT_V6):
+        gw_subnet = next((s for s in gw_subnets if s.ip_version == default.version and s.gateway_ip), None)
+        if gw_dev is None or gw_subnet is None or gw_subnet.gateway_ip is None:
+            continue
         gw = gw_subnet.gateway_ip
         if gw not in gw_subnet.cidr:
             routes.append(RouteSpec(ns, ipaddress.ip_network(f"{gw}/{gw.max_prefixlen}"), None, gw_dev))
-        routes.append(RouteSpec(ns, DEFAULT_V4, gw, gw_dev))
+        routes.append(RouteSpec(ns, default, gw, gw_dev))
     for r in sorted(router.routes, key=lambda r: (r.destination.version, str(r.destination), str(r.nexthop))):
         out = next((dev for net, dev in connected if r.nexthop in net and net.version == r.nexthop.version), None)
         if out is None:
@@ -149,11 +155,19 @@ def ra_daemon(router: RouterSpec, advertised: list[tuple[str, SubnetSpec, PortSp
 
 def nat_body(router: RouterSpec, gw_dev: str | None, gw_addr: ipaddress.IPv4Address | None,
              internal: list[Network]) -> str:
-    """The router's NAT table (nft syntax). Floating IPs first: their SNAT wins over the generic one."""
+    """The router's NAT table (nft syntax). Floating IPs first: their SNAT wins over the generic one.
+
+    Hairpin: an instance reaching another one behind the same router by its floating IP is DNATed back
+    inside; the answer would then go straight back from the fixed address, which the sender never asked,
+    so such connections (DNATed, in and out on internal ports) are also masqueraded to the router's
+    address on the way out: the answer comes back through the router and is un-NATed.
+    """
     fips = sorted((f for f in router.floating_ips if f.floating_ip.version == 4 and f.fixed_ip.version == 4),
                   key=lambda f: int(f.floating_ip)) if gw_dev else []
     pre = [f"ip daddr {f.floating_ip} dnat to {f.fixed_ip}" for f in fips]
     post = [f'oifname "{gw_dev}" ip saddr {f.fixed_ip} snat to {f.floating_ip}' for f in fips]
+    if fips:
+        post.append(f'ct status dnat iifname != "{gw_dev}" oifname != "{gw_dev}" masquerade')
     if router.enable_snat and gw_dev and gw_addr is not None and internal:
         sources = ", ".join(str(n) for n in sorted(set(internal), key=lambda n: (int(n.network_address),
                                                                                  n.prefixlen)))
