@@ -1,7 +1,8 @@
 """Real kernel, real dnsmasq, real dhclient: a server on this machine, agents inside throwaway hosts.
 
 ``lab`` (module scope) starts a neutrino server and an underlay with two hosts, each running
-``neutrino agent`` inside it (reaching the server over its unix socket). Tests drive the API like a
+``neutrino agent`` inside it (reaching the server over its unix socket), and the underlay's public segment
+mapped on every host as physnet ``public`` with the ``upstream`` namespace on it (hosts/). Tests drive the API like a
 user and run ``neutrino instance …`` inside the hosts. Its setup is one ExitStack: when a step fails
 half-way (the underlay, a host, an agent), everything made before it is undone before the error is
 reported. A session-end check fails the run if any namespace or process of ours is left on the machine,
@@ -26,7 +27,7 @@ import pytest
 
 from neutrino.dataplane.daemons import RUN_ROOT
 from neutrino.dataplane.ownership import OWNER_FILE
-from neutrino.hosts import Host, Underlay
+from neutrino.hosts import PUBLIC_INTERFACE, PUBLIC_PHYSNET, Host, Underlay
 from tests.api.conftest import Server, start_server
 
 NEUTRINO = str(Path(__import__("sys").executable).parent / "neutrino")
@@ -138,6 +139,7 @@ class Agent:
 class Lab:
     server: Server
     api: httpx.Client
+    underlay: Underlay
     agents: dict[str, Agent] = field(default_factory=dict)
 
     def call(self, method: str, path: str, expect: int | None = None, **kw: Any) -> Any:
@@ -207,7 +209,7 @@ def open_lab(tmp: Path, hosts: tuple[str, ...] = ("h1", "h2")) -> Iterator[Lab]:
         undo.callback(underlay.destroy)
         api = httpx.Client(base_url=server.url, headers={"X-Auth-Token": admin_token(server)}, timeout=30)
         undo.callback(api.close)
-        lab_ = Lab(server, api)
+        lab_ = Lab(server, api, underlay)
         for name in hosts:
             host = underlay.add_host(name)
             state = tmp / name
@@ -215,7 +217,8 @@ def open_lab(tmp: Path, hosts: tuple[str, ...] = ("h1", "h2")) -> Iterator[Lab]:
             env = dict(os.environ, NEUTRINO_STATE_DIR=str(state), NEUTRINO_AGENT__HOST=name,
                        NEUTRINO_AGENT__SERVER_URL=f"unix:{tmp / 'neutrino.sock'}", NEUTRINO_AGENT__PASSWORD="secret",
                        NEUTRINO_AGENT__LOCAL_IP=str(host.address.ip), NEUTRINO_AGENT__HEARTBEAT_SECONDS="2",
-                       NEUTRINO_LOG__LEVEL="INFO", NEUTRINO_API__SOCKET="")
+                       NEUTRINO_LOG__LEVEL="INFO", NEUTRINO_API__SOCKET="",
+                       NEUTRINO_AGENT__PHYSICAL_INTERFACE_MAPPINGS=f"{PUBLIC_PHYSNET}:{PUBLIC_INTERFACE}")
             agent = Agent(host, state, env)
             undo.callback(agent.stop)
             agent.start()
