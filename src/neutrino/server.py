@@ -108,6 +108,7 @@ async def serve(cfg: Config, app: Starlette, stop: asyncio.Event) -> None:
     for server in servers:
         server.capture_signals = contextlib.nullcontext  # type: ignore[method-assign,assignment]
     tasks = [asyncio.create_task(server.serve()) for server in servers]
+    watcher = asyncio.create_task(watch_liveness(cfg, app, stop))
     log.info("API listening on %s%s", cfg.public_url,
              f" and {Path(cfg.state_dir) / cfg.api.socket}" if cfg.api.socket else "")
     stopper = asyncio.create_task(stop.wait())
@@ -116,6 +117,24 @@ async def serve(cfg: Config, app: Starlette, stop: asyncio.Event) -> None:
     for server in servers:
         server.should_exit = True
     stopper.cancel()
+    watcher.cancel()
     await asyncio.gather(*tasks)
     if cfg.api.socket:
         (Path(cfg.state_dir) / cfg.api.socket).unlink(missing_ok=True)
+
+
+async def watch_liveness(cfg: Config, app: Starlette, stop: asyncio.Event) -> None:
+    """Every few seconds, move routers and DHCP off agents that stopped reporting (services/liveness)."""
+    from neutrino.services import liveness
+
+    api = app.state.api
+    every = max(1.0, min(10.0, cfg.agent.agent_down_seconds / 3))
+    while not stop.is_set():
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(stop.wait(), every)
+        if stop.is_set():
+            return
+        try:
+            await api.write(lambda conn: liveness.reschedule_from_dead(conn, api.core))
+        except Exception as exc:  # a database hiccup must not end the watch
+            log.warning("rescheduling from dead agents failed: %s", exc)

@@ -128,13 +128,14 @@ def start_server(tmp: Path, database_url: str, backend: str, extra_env: dict[str
     return Server(url, tmp, clouds, proc, backend, env)
 
 
-def backend_server(request: pytest.FixtureRequest, backend: str, tmp: Path) -> Server:
+def backend_server(request: pytest.FixtureRequest, backend: str, tmp: Path,
+                   extra_env: dict[str, str] | None = None) -> Server:
     """A server in ``tmp`` on ``backend`` (sqlite, or postgresql: a new database on the suite's cluster)."""
     if backend == "postgresql":
         url = request.getfixturevalue("postgres").new_database()
     else:
         url = f"sqlite:///{tmp / 'neutrino.db'}"
-    return start_server(tmp, url, backend)
+    return start_server(tmp, url, backend, extra_env)
 
 
 @pytest.fixture(scope="session", params=["sqlite", "postgresql"])
