@@ -58,7 +58,7 @@ def test_network_subnet_port_lifecycle_with_cli(cli: Cli, admin: openstack.conne
 def test_cli_extensions_and_quota(cli: Cli, admin: openstack.connection.Connection) -> None:
     aliases = {e["Alias"] for e in cli("extension", "list", "--network")}
     assert {"quotas", "binding", "external-net", "standard-attr-tag", "pagination", "sorting"} <= aliases
-    assert "security-group" not in aliases  # only what is implemented is listed
+    assert "address-group" not in aliases  # only what is implemented is listed
     project = identity(admin).create_project(name=name("quota"), domain_id="default")
     cli("quota", "set", "--networks", "7", "--ports", "70", project.id, fmt=False)  # it sends check_limit
     shown = {row["Resource"]: row["Limit"] for row in cli("quota", "show", "--network", project.id)}

@@ -219,7 +219,7 @@ def test_bad_input_is_400_and_changes_nothing(raw: Raw, net: Any) -> None:
         assert resp.json()["NeutronError"]["type"] in ("HTTPBadRequest", "InvalidInput", "BadRequest")
     error(raw("GET", f"/v2.0/networks/{uuid.uuid4()}"), 404, "NetworkNotFound")
     error(raw("POST", "/v2.0/ports", json={"port": {"network_id": str(uuid.uuid4())}}), 404, "NetworkNotFound")
-    error(raw("GET", "/v2.0/security-groups"), 404, "HTTPNotFound")
+    error(raw("GET", "/v2.0/address-groups"), 404, "HTTPNotFound")
     after = raw("GET", f"/v2.0/networks/{net.id}").json()["network"]
     assert after == before
 

@@ -52,12 +52,17 @@ FILTER_FOR = {"bool": _bool_filter, "int": _int_filter}
 class ResourceSpec:
     """A top-level API resource: singular/plural names, its table, its attributes."""
     name: str
-    collection: str
+    collection: str                  # as in the URL (``security-groups``)
     table: Table
     attrs: Mapping[str, Attr]
     # Filters that need more than a column comparison: attribute -> builder(values) -> SQL condition
     # (the services' ``FILTERS``).
     special_filters: Mapping[str, Callable[[list[Any]], Any]] = field(default_factory=dict)
+
+    @property
+    def plural(self) -> str:
+        """The collection's key in bodies (``security_groups``; the URL spells it with hyphens)."""
+        return self.collection.replace("-", "_")
 
 
 def with_columns(columns: Mapping[str, str], attrs: Mapping[str, Attr]) -> dict[str, Attr]:
@@ -159,9 +164,9 @@ def parse_update(resource: ResourceSpec, body: Any, ctx: RequestContext) -> dict
 
 def parse_bodies(resource: ResourceSpec, body: Any, ctx: RequestContext) -> tuple[list[dict[str, Any]], bool]:
     """A create body, single or bulk; returns validated items and whether it was bulk."""
-    if isinstance(body, dict) and resource.collection in body and len(body) == 1:
-        items = body[resource.collection]
+    if isinstance(body, dict) and resource.plural in body and len(body) == 1:
+        items = body[resource.plural]
         if not isinstance(items, list) or not items:
-            raise v.AttributeError_(f"Resources required: expected {{\"{resource.collection}\": [...]}}")
+            raise v.AttributeError_(f"Resources required: expected {{\"{resource.plural}\": [...]}}")
         return [parse_create(resource, item, ctx) for item in items], True
     return [parse_create(resource, _unwrap(body, resource), ctx)], False

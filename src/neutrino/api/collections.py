@@ -66,17 +66,21 @@ async def list_(api: Api, request: Request, b: Binding) -> Response:
     q = listing.parse_list_query(b.spec, params, is_admin=ctx.is_admin,
                                  default_limit=api.cfg.api.default_page_limit)
     page = listing.page_of(b.spec, q)
-    kind = b.spec.name.capitalize().replace("_", "")
+    kind = "".join(part.capitalize() for part in b.spec.name.split("_"))
+    if b.list_needs is not None and b.before_list is not None:
+        needs, before = b.list_needs, b.before_list
+        if await api.read(lambda conn: needs(conn, ctx)):
+            await api.write(lambda conn: before(api.core, conn, ctx))
 
     def run(conn: Connection) -> list[dict[str, Any]]:
         rows = read_page(conn, b.spec.table, kind, page, b.scope(ctx), b.spec.special_filters)
         return b.view(conn, rows, ctx)
 
     items = await api.read(run)
-    body: dict[str, Any] = {b.spec.collection: [listing.select_fields(i, q.fields) for i in items]}
+    body: dict[str, Any] = {b.spec.plural: [listing.select_fields(i, q.fields) for i in items]}
     links = listing.page_links(api.base_url, b.spec.collection, params, q, items)
     if links:
-        body[f"{b.spec.collection}_links"] = links
+        body[f"{b.spec.plural}_links"] = links
     return json_response(body)
 
 
@@ -98,7 +102,7 @@ async def create(api: Api, request: Request, b: Binding) -> Response:
 
     created = await api.write(run)
     if bulk:
-        return json_response({b.spec.collection: created}, 201)
+        return json_response({b.spec.plural: created}, 201)
     return json_response({b.spec.name: created[0]}, 201)
 
 

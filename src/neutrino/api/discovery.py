@@ -45,6 +45,8 @@ EXTENSIONS: tuple[Extension, ...] = (
               "Provides IP availability data for each network and subnet."),
     Extension("pagination", "Pagination support", "Extension that indicates that pagination is enabled."),
     Extension("port-security", "Port Security", "Provides port security"),
+    Extension("port-security-groups-filtering", "Port filtering on security groups",
+              "Provides security groups filtering when listing ports"),
     Extension("project-id", "project_id field enabled", "Extension that indicates that project_id field is enabled."),
     Extension("provider", "Provider Network", "Expose mapping of virtual networks to physical networks"),
     Extension("quotas", "Quota management support", "Expose functions for quotas management per project"),
@@ -55,6 +57,7 @@ EXTENSIONS: tuple[Extension, ...] = (
               "networks via a NAT gateway."),
     Extension("revision-if-match", "If-Match constraints based on revision_number",
               "Extension indicating that If-Match based on revision_number is supported."),
+    Extension("security-group", "security-group", "The security groups extension."),
     Extension("sorting", "Sorting support", "Extension that indicates that sorting is enabled."),
     Extension("standard-attr-description", "standard-attr-description",
               "Extension to add descriptions to standard attributes"),
@@ -66,6 +69,8 @@ EXTENSIONS: tuple[Extension, ...] = (
     Extension("standard-attr-timestamp", "Resource timestamps",
               "Adds created_at and updated_at fields to all Neutron resources that have Neutron standard "
               "attributes."),
+    Extension("stateful-security-group", "Stateful security group",
+              "Indicates if the security group is stateful or not"),
 )
 
 BY_ALIAS = {e.alias: e for e in EXTENSIONS}
@@ -73,7 +78,8 @@ BY_ALIAS = {e.alias: e for e in EXTENSIONS}
 # Collections listed by GET /v2.0.
 COLLECTIONS = (("network", "networks"), ("subnet", "subnets"), ("port", "ports"), ("quota", "quotas"),
                ("agent", "agents"), ("router", "routers"), ("floatingip", "floatingips"),
-               ("network_ip_availability", "network-ip-availabilities"))
+               ("network_ip_availability", "network-ip-availabilities"), ("security_group", "security-groups"),
+               ("security_group_rule", "security-group-rules"))
 
 
 def versions(base_url: str) -> dict[str, Any]:

@@ -1,4 +1,4 @@
-"""The attribute maps of networks, subnets, ports and agents (what the wire accepts and shows).
+"""The attribute maps of every collection (what the wire accepts and shows).
 
 Which attribute is stored in which column is the services' to say (their ``COLUMNS``); filters that are
 more than a column comparison are theirs too (``FILTERS``).
@@ -10,12 +10,23 @@ from typing import Any
 
 from neutrino.api import validate as v
 from neutrino.api.attributes import FILTER_FOR, Attr, ResourceSpec, standard_attrs, with_columns
-from neutrino.db.schema import agents, floatingips, networks, ports, routers, subnets
+from neutrino.db.schema import (
+    agents,
+    floatingips,
+    networks,
+    ports,
+    routers,
+    securitygrouprules,
+    securitygroups,
+    subnets,
+)
 from neutrino.services import agents as agent_service
 from neutrino.services import floatingips as fip_service
 from neutrino.services import networks as net_service
 from neutrino.services import ports as port_service
 from neutrino.services import routers as router_service
+from neutrino.services import secgroups as sg_service
+from neutrino.services import sgrules as rule_service
 from neutrino.services import subnets as subnet_service
 
 s255 = v.string(255)
@@ -99,6 +110,14 @@ SUBNET = ResourceSpec(
 )
 
 
+_uuid_list = v.list_of(v.uuid_str, unique=True)
+
+
+def _group_ids(value: Any) -> Any:
+    """A port's groups; null is "not given" (on create: the project's default group), as in Neutron."""
+    return None if value is None else _uuid_list(value)
+
+
 PORT = ResourceSpec(
     name="port",
     collection="ports",
@@ -114,12 +133,11 @@ PORT = ResourceSpec(
         "fixed_ips": Attr("fixed_ips", post=True, put=True, validate=v.list_of(v.fixed_ip), sortable=False),
         "device_id": Attr("device_id", post=True, put=True, default="", validate=s255),
         "device_owner": Attr("device_owner", post=True, put=True, default="", validate=s255),
-        "security_groups": Attr("security_groups", post=True, put=True, validate=v.list_of(v.uuid_str,
-                                unique=True), sortable=False),
+        "security_groups": Attr("security_groups", post=True, put=True, validate=_group_ids, sortable=False),
         "port_security_enabled": Attr("port_security_enabled", post=True, put=True,
                                       validate=v.boolean, filter=b),
         "allowed_address_pairs": Attr("allowed_address_pairs", post=True, put=True, default=list,
-                                      validate=v.list_of(v.address_pair), sortable=False),
+                                      validate=v.address_pairs, sortable=False),
         "extra_dhcp_opts": Attr("extra_dhcp_opts", post=True, put=True, default=list,
                                 validate=v.list_of(v.extra_dhcp_opt), sortable=False),
         "binding:host_id": Attr("binding:host_id", post=True, put=True, default="",
@@ -200,5 +218,42 @@ FLOATINGIP = ResourceSpec(
         "fixed_ip_address": Attr("fixed_ip_address", post=True, put=True, validate=v.ip_address),
         "router_id": Attr("router_id"),
         "status": Attr("status"),
+    }),
+)
+
+
+SECURITY_GROUP = ResourceSpec(
+    name="security_group",
+    collection="security-groups",
+    table=securitygroups,
+    attrs=with_columns(sg_service.COLUMNS, {
+        **standard_attrs(),
+        "stateful": Attr("stateful", post=True, put=True, default=True, validate=v.boolean, filter=b),
+        "security_group_rules": Attr("security_group_rules", sortable=False),
+    }),
+)
+
+
+def _uuid_or_none(value: Any) -> Any:
+    return None if value is None else v.uuid_str(value)
+
+
+SECURITY_GROUP_RULE = ResourceSpec(
+    name="security_group_rule",
+    collection="security-group-rules",
+    table=securitygrouprules,
+    attrs=with_columns(rule_service.COLUMNS, {
+        **{k: a for k, a in standard_attrs().items() if k not in ("name", "tags")},
+        "description": Attr("description", post=True, default="", validate=s255),  # rules are immutable
+        "security_group_id": Attr("security_group_id", post=True, required=True, validate=v.uuid_str),
+        "direction": Attr("direction", post=True, required=True, validate=v.one_of("ingress", "egress")),
+        "ethertype": Attr("ethertype", post=True, default="IPv4", validate=rule_service.convert_ethertype),
+        "protocol": Attr("protocol", post=True, default=None, validate=rule_service.convert_protocol),
+        "port_range_min": Attr("port_range_min", post=True, default=None, validate=rule_service.convert_port,
+                               filter=i),
+        "port_range_max": Attr("port_range_max", post=True, default=None, validate=rule_service.convert_port,
+                               filter=i),
+        "remote_ip_prefix": Attr("remote_ip_prefix", post=True, default=None, validate=rule_service.convert_prefix),
+        "remote_group_id": Attr("remote_group_id", post=True, default=None, validate=_uuid_or_none),
     }),
 )

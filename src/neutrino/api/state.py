@@ -13,12 +13,21 @@ from starlette.requests import Request
 
 from neutrino.api.attributes import ResourceSpec
 from neutrino.api.http import read_json
-from neutrino.api.resources import AGENT, FLOATINGIP, NETWORK, PORT, ROUTER, SUBNET
+from neutrino.api.resources import (
+    AGENT,
+    FLOATINGIP,
+    NETWORK,
+    PORT,
+    ROUTER,
+    SECURITY_GROUP,
+    SECURITY_GROUP_RULE,
+    SUBNET,
+)
 from neutrino.config import Config
 from neutrino.context import RequestContext
 from neutrino.db.engine import Database
 from neutrino.errors import NotFound, PolicyNotAuthorized, Unauthorized
-from neutrino.services import agents, floatingips, networks, ports, routers, subnets
+from neutrino.services import agents, floatingips, networks, ports, routers, secgroups, sgrules, subnets
 from neutrino.services.core import Core
 from neutrino.sync import snapshot
 from neutrino.sync.channel import Channel
@@ -38,6 +47,10 @@ class Binding:
     fetch: Callable[[Connection, RequestContext, str], Any]
     scope: Callable[[RequestContext], Any]
     view: Callable[[Connection, Sequence[Any], RequestContext], list[dict[str, Any]]]
+    # Work a list needs written first, when ``list_needs`` says so (security groups: the caller's
+    # project's default group, made on its first need).
+    list_needs: Callable[[Connection, RequestContext], bool] | None = None
+    before_list: Callable[[Core, Connection, RequestContext], None] | None = None
 
 
 def bindings(cfg: Config) -> dict[str, Binding]:
@@ -51,6 +64,10 @@ def bindings(cfg: Config) -> dict[str, Binding]:
                 routers.view),
         Binding(FLOATINGIP, floatingips.create, floatingips.update, floatingips.delete_, floatingips.fetch,
                 floatingips.scope, floatingips.view),
+        Binding(SECURITY_GROUP, secgroups.create, secgroups.update, secgroups.delete_, secgroups.fetch,
+                secgroups.scope, secgroups.view, secgroups.needs_default, secgroups.make_default),
+        Binding(SECURITY_GROUP_RULE, sgrules.create, sgrules.update, sgrules.delete_, sgrules.fetch, sgrules.scope,
+                sgrules.view, secgroups.needs_default, secgroups.make_default),
         Binding(AGENT, agents.create, agents.update, agents.delete_, agents.fetch, agents.scope,
                 agents.make_view(cfg.agent.agent_down_seconds)),
     )}

@@ -208,6 +208,26 @@ host_route = dict_of({"destination": (True, subnet_cidr), "nexthop": (True, ip_a
 allocation_pool = dict_of({"start": (True, ip_address), "end": (True, ip_address)})
 fixed_ip = dict_of({"subnet_id": (False, uuid_str), "ip_address": (False, ip_address)})
 address_pair = dict_of({"ip_address": (True, lambda v: _ip_or_cidr(v)), "mac_address": (False, mac_address)})
+MAX_ADDRESS_PAIRS = 10  # per port, Neutron's default max_allowed_address_pair
+
+
+def address_pairs(value: Any) -> list[dict[str, str]]:
+    """A port's allowed address pairs: each valid, none twice (the same IP and MAC as given), at most
+    ``MAX_ADDRESS_PAIRS`` — each one widens what the port may send as."""
+    pairs: list[dict[str, str]] = list_of(address_pair)(value)
+    if len(pairs) > MAX_ADDRESS_PAIRS:
+        raise BadRequest(f"The number of allowed address pair exceeds the maximum {MAX_ADDRESS_PAIRS}.",
+                         type="AllowedAddressPairExhausted")
+    seen: set[tuple[str | None, str]] = set()
+    for pair in pairs:
+        key = (pair.get("mac_address"), pair["ip_address"])
+        if key in seen:
+            raise BadRequest(f"Request contains duplicate address pair: mac_address {key[0]} ip_address {key[1]}.",
+                             type="DuplicateAddressPairInRequest")
+        seen.add(key)
+    return pairs
+
+
 def single_line(max_len: int = 255) -> Validator:
     """A non-empty string without control characters: values that end up in a daemon's config file,
     where a newline would start a line of the tenant's choosing."""

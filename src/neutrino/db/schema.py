@@ -4,7 +4,7 @@ Core tables (not ORM classes) keep the hot paths — list 10,000 ports, create a
 handful of set-based statements. Alembic migrations under ``db/migrations`` create exactly these.
 Sub-collections that are only ever read with their parent (dns_nameservers, host_routes,
 allocation_pools, allowed_address_pairs, extra_dhcp_opts, binding details) are JSON columns; what must be
-unique or filtered across rows (fixed IPs, tags) has its own table.
+unique or filtered across rows (fixed IPs, tags, security group membership) has its own table.
 """
 
 from __future__ import annotations
@@ -99,7 +99,6 @@ ports = Table(
     Column("device_id", String(255), nullable=False, default="", index=True),
     Column("device_owner", String(255), nullable=False, default=""),
     Column("port_security_enabled", Boolean, nullable=False, default=True),
-    Column("security_groups", JSON, nullable=False, default=list),
     Column("allowed_address_pairs", JSON, nullable=False, default=list),
     Column("extra_dhcp_opts", JSON, nullable=False, default=list),
     Column("binding_host_id", String(255), nullable=False, default="", index=True),
@@ -225,4 +224,54 @@ floatingips = Table(
     Column("fixed_ip_address", String(64), nullable=True),
     Column("router_id", String(36), nullable=True, index=True),
     Column("status", String(16), nullable=False, default="DOWN"),
+)
+
+# Security groups and their rules. ``protocol`` is kept as the API shows it (a lower-case name or a number
+# as text, "icmp" on an IPv6 rule already "ipv6-icmp"); ``remote_ip_prefix`` is normalised (host bits
+# cleared). A rule naming a group as its remote goes with that group (CASCADE), as in Neutron.
+securitygroups = Table(
+    "securitygroups",
+    metadata,
+    *_standard(),
+    Column("stateful", Boolean, nullable=False, default=True),
+)
+
+securitygrouprules = Table(
+    "securitygrouprules",
+    metadata,
+    Column("id", ID, primary_key=True),
+    Column("project_id", String(255), nullable=False, index=True),
+    Column("security_group_id", ID, ForeignKey("securitygroups.id", ondelete="CASCADE"), nullable=False,
+           index=True),
+    Column("remote_group_id", ID, ForeignKey("securitygroups.id", ondelete="CASCADE"), nullable=True, index=True),
+    Column("direction", String(16), nullable=False),
+    Column("ethertype", String(8), nullable=False),
+    Column("protocol", String(40), nullable=True),
+    Column("port_range_min", Integer, nullable=True),
+    Column("port_range_max", Integer, nullable=True),
+    Column("remote_ip_prefix", String(64), nullable=True),
+    Column("description", String(255), nullable=False, default=""),
+    Column("revision_number", BigInteger, nullable=False, default=0),
+    Column("created_at", DateTime, nullable=False),
+    Column("updated_at", DateTime, nullable=False),
+)
+
+# Which ports are in which groups: the link table (not a JSON column on ports) is what makes "the members
+# of group G" one indexed join for the snapshot and "is G in use" one index probe. A group with members
+# cannot be deleted (no CASCADE from the group side); a port takes its memberships along.
+securitygroupportbindings = Table(
+    "securitygroupportbindings",
+    metadata,
+    Column("port_id", ID, ForeignKey("ports.id", ondelete="CASCADE"), primary_key=True),
+    Column("security_group_id", ID, ForeignKey("securitygroups.id"), primary_key=True, index=True),
+)
+
+# The `default` group of each project: the primary key makes two concurrent first requests of a project
+# create one group (the loser's transaction fails on the key and is retried, finding the winner's).
+default_security_groups = Table(
+    "default_security_groups",
+    metadata,
+    Column("project_id", String(255), primary_key=True),
+    Column("security_group_id", ID, ForeignKey("securitygroups.id", ondelete="CASCADE"), nullable=False,
+           unique=True),
 )

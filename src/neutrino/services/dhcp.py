@@ -91,7 +91,7 @@ def _create_port(conn: Connection, core: Core, network_id: str, host: str, subne
     rows.insert_port(conn, {
         "project_id": project_id, "name": "", "description": "", "network_id": network_id,
         "mac_address": mac, "admin_state_up": True, "status": "DOWN", "device_id": device_id(host, network_id),
-        "device_owner": DeviceOwner.DHCP.value, "port_security_enabled": False, "security_groups": [],
+        "device_owner": DeviceOwner.DHCP.value, "port_security_enabled": False,
         "allowed_address_pairs": [], "extra_dhcp_opts": [], "binding_host_id": host,
         "binding_vnic_type": "normal", "binding_profile": {}, **port_service.binding(conn, core, host),
     }, ips)

@@ -113,7 +113,7 @@ def create(core: Core, conn: Connection, ctx: RequestContext, data: dict[str, An
     port_id = rows.insert_port(conn, {
         "project_id": "", "name": "", "description": "", "network_id": net.id, "mac_address": mac,
         "admin_state_up": True, "status": "N/A", "device_id": fip_id, "device_owner": DeviceOwner.FLOATINGIP,
-        "port_security_enabled": False, "security_groups": [], "allowed_address_pairs": [], "extra_dhcp_opts": [],
+        "port_security_enabled": False, "allowed_address_pairs": [], "extra_dhcp_opts": [],
         "binding_host_id": "", "binding_vnic_type": "normal", "binding_profile": {},
         "binding_vif_type": "unbound", "binding_vif_details": {}}, v4[:1])
     conn.execute(insert(floatingips).values(**standard.stamp_new({

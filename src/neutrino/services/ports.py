@@ -1,4 +1,5 @@
-"""Ports: MAC and fixed-IP allocation, binding, address pairs, DHCP options, and their API view."""
+"""Ports: MAC and fixed-IP allocation, binding, port security (security groups, address pairs), DHCP options,
+and their API view."""
 
 from __future__ import annotations
 
@@ -10,10 +11,10 @@ from sqlalchemy import Connection, or_, select, true
 from neutrino.context import RequestContext
 from neutrino.db.engine import lock_row
 from neutrino.db.schema import floatingips, ipallocations, networks, ports, routers
-from neutrino.errors import Conflict, InUse, PolicyNotAuthorized
+from neutrino.errors import BadRequest, Conflict, InUse, PolicyNotAuthorized
 from neutrino.intent.model import NETWORK_OWNER_PREFIX, AgentType, DeviceOwner
 from neutrino.ipam.macs import random_mac
-from neutrino.services import addresses, agents, quotas, rows, standard
+from neutrino.services import addresses, agents, quotas, rows, secgroups, standard
 from neutrino.services import networks as net_service
 from neutrino.services.core import Core, guard_change, require_writer
 from neutrino.services.listing import invalid
@@ -22,9 +23,9 @@ VIF_DETAILS = {"port_filter": True, "connectivity": "l2"}
 
 
 COLUMNS = {**standard.COLUMNS, **{attr: attr.replace(":", "_") for attr in (
-    "network_id", "admin_state_up", "status", "mac_address", "device_id", "device_owner", "security_groups",
-    "port_security_enabled", "allowed_address_pairs", "extra_dhcp_opts", "binding:host_id", "binding:vnic_type",
-    "binding:vif_type", "binding:vif_details", "binding:profile")}}
+    "network_id", "admin_state_up", "status", "mac_address", "device_id", "device_owner", "port_security_enabled",
+    "allowed_address_pairs", "extra_dhcp_opts", "binding:host_id", "binding:vnic_type", "binding:vif_type",
+    "binding:vif_details", "binding:profile")}}
 MAX_SUBSTR_FILTERS = 64
 
 
@@ -50,7 +51,7 @@ def _on_fixed_ips(values: list[str]) -> Any:
     return ports.c.id.in_(select(ipallocations.c.port_id).where(*conds))
 
 
-FILTERS = {"fixed_ips": _on_fixed_ips}
+FILTERS = {"fixed_ips": _on_fixed_ips, "security_groups": secgroups.port_filter}
 
 
 def scope(ctx: RequestContext) -> Any:
@@ -94,6 +95,39 @@ def _check_pairs(port_security: bool, pairs: list[dict[str, Any]]) -> None:
                        type="AddressPairAndPortSecurityRequired")
 
 
+def _groups_need_port_security() -> BadRequest:
+    return BadRequest("Port security must be enabled and port must have an IP address in order to use "
+                      "security groups.", type="PortSecurityAndIPRequiredForSecurityGroups")
+
+
+def _groups_for_new_port(conn: Connection, data: dict[str, Any], port_security: bool) -> list[str]:
+    """Neutron's rules: groups need port security; none given (absent, not ``[]``) on a port with port
+    security means the project's default group; the cloud's own devices (network:*) are never in one."""
+    given = data.get("security_groups")
+    if given and not port_security:
+        raise _groups_need_port_security()
+    if secgroups.trusted(data["device_owner"]):
+        return []
+    if given is None:
+        return [secgroups.ensure_default(conn, data["project_id"])] if port_security else []
+    return secgroups.check_for_port(conn, data["project_id"], given)
+
+
+def _groups_for_update(conn: Connection, row: Any, data: dict[str, Any], current: list[str]) -> list[str]:
+    """The port's groups after an update (validated when given), refusing port security off with groups."""
+    port_security = data.get("port_security_enabled", row.port_security_enabled)
+    given = data.get("security_groups")
+    if given and not port_security:
+        raise _groups_need_port_security()
+    if given is not None:
+        owner = data.get("device_owner", row.device_owner)
+        return [] if secgroups.trusted(owner) else secgroups.check_for_port(conn, row.project_id, given)
+    if current and not port_security:
+        raise Conflict("Port has security group associated. Cannot disable port security or IP address until "
+                       "security group is removed", type="PortSecurityPortHasSecurityGroup")
+    return current
+
+
 def _check_network_owner_attrs(ctx: RequestContext, net: Any, data: dict[str, Any], action: str) -> None:
     """Neutron's default policy: on a network it does not own (a shared one), a project may not pick
     addresses or a MAC, add address pairs, switch port security off or pose as a network device:
@@ -131,20 +165,24 @@ def create(core: Core, conn: Connection, ctx: RequestContext, data: dict[str, An
     lock_row(conn, networks, net.id)  # allocations on one network queue instead of colliding
     port_security = data.get("port_security_enabled", net.port_security_enabled)
     _check_pairs(port_security, data["allowed_address_pairs"])
+    groups = _groups_for_new_port(conn, data, port_security)
     mac = unique_mac(conn, core, net.id, data.get("mac_address"))
     ips = addresses.allocate(core, conn, net.id, data.get("fixed_ips"), mac, data["device_owner"])
     host = data["binding:host_id"]
-    return rows.insert_port(conn, {
+    port_id = rows.insert_port(conn, {
         "project_id": data["project_id"], "name": data["name"],
         "description": data["description"], "network_id": net.id, "mac_address": mac,
         "admin_state_up": data["admin_state_up"], "status": "DOWN", "device_id": data["device_id"],
         "device_owner": data["device_owner"], "port_security_enabled": port_security,
-        "security_groups": data.get("security_groups", []),
         "allowed_address_pairs": data["allowed_address_pairs"],
         "extra_dhcp_opts": _merge_dhcp_opts([], data["extra_dhcp_opts"]),
         "binding_host_id": host, "binding_vnic_type": data["binding:vnic_type"],
         "binding_profile": data["binding:profile"], **binding(conn, core, host),
     }, ips)
+    if groups:
+        secgroups.set_for_port(conn, port_id, groups)
+        secgroups.announce(conn, groups)  # new members: every host filtering by these groups
+    return port_id
 
 
 def update(core: Core, conn: Connection, ctx: RequestContext, port_id: str, data: dict[str, Any],
@@ -167,6 +205,8 @@ def update(core: Core, conn: Connection, ctx: RequestContext, port_id: str, data
     values = standard.columns_of(data, COLUMNS)
     _check_pairs(values.get("port_security_enabled", row.port_security_enabled),
                  values.get("allowed_address_pairs", row.allowed_address_pairs))
+    current_groups = secgroups.of_ports(conn, [port_id]).get(port_id, [])
+    groups = _groups_for_update(conn, row, data, current_groups)
     if "binding:host_id" in data:
         values.update(binding(conn, core, data["binding:host_id"]))
         if data["binding:host_id"] != row.binding_host_id:
@@ -184,11 +224,17 @@ def update(core: Core, conn: Connection, ctx: RequestContext, port_id: str, data
         if ips != current:
             rows.replace_ips(conn, port_id, row.network_id, ips)
             ips_changed = True
-    if not values and not ips_changed:
+    groups_changed = groups != current_groups
+    if groups_changed:
+        secgroups.set_for_port(conn, port_id, groups)
+    if not values and not ips_changed and not groups_changed:
         return
     standard.bump(conn, ports, port_id, values)
     standard.emit(conn, "port", port_id, "update", network_id=row.network_id,
                   host=values.get("binding_host_id", row.binding_host_id) or None)
+    if groups_changed or ips_changed or "allowed_address_pairs" in values:
+        # The members of these groups (old and new) changed: every host filtering by them must hear it.
+        secgroups.announce(conn, set(groups) | set(current_groups))
 
 
 def _keep_current(requested: list[dict[str, Any]], current: list[tuple[str, str]]) -> list[dict[str, Any]]:
@@ -245,13 +291,14 @@ def view(conn: Connection, rows: Sequence[Any], ctx: RequestContext) -> list[dic
     ids = [r.id for r in rows]
     tag_map = standard.load_tags(conn, ids)
     ips = load_fixed_ips(conn, ids)
+    groups = secgroups.of_ports(conn, ids)
     out = []
     for r in rows:
         item = standard.standard_view(r, tag_map)
         item.update({
             "network_id": r.network_id, "admin_state_up": r.admin_state_up, "status": r.status,
             "mac_address": r.mac_address, "fixed_ips": ips.get(r.id, []), "device_id": r.device_id,
-            "device_owner": r.device_owner, "security_groups": r.security_groups,
+            "device_owner": r.device_owner, "security_groups": groups.get(r.id, []),
             "port_security_enabled": r.port_security_enabled, "allowed_address_pairs": [
                 {"ip_address": p["ip_address"], "mac_address": p.get("mac_address", r.mac_address)}
                 for p in r.allowed_address_pairs],

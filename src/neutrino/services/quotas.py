@@ -8,10 +8,20 @@ from typing import Any
 from sqlalchemy import Connection, delete, func, insert, select
 
 from neutrino.config import QuotaConfig
-from neutrino.db.schema import floatingips, networks, ports, quotas, routers, subnets
+from neutrino.db.schema import (
+    floatingips,
+    networks,
+    ports,
+    quotas,
+    routers,
+    securitygrouprules,
+    securitygroups,
+    subnets,
+)
 from neutrino.errors import Conflict, OverQuota
 
-COUNTED = {"network": networks, "subnet": subnets, "port": ports, "router": routers, "floatingip": floatingips}
+COUNTED = {"network": networks, "subnet": subnets, "port": ports, "router": routers, "floatingip": floatingips,
+           "security_group": securitygroups, "security_group_rule": securitygrouprules}
 
 
 def defaults(cfg: QuotaConfig) -> dict[str, int]:

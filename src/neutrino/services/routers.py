@@ -127,7 +127,7 @@ def _new_port(core: Core, conn: Connection, router: Any, network_id: str, fixed:
     return rows.insert_port(conn, {
         "project_id": router.project_id if project_id is None else project_id, "name": "", "description": "",
         "network_id": network_id, "mac_address": mac, "admin_state_up": True, "status": "DOWN",
-        "device_id": router.id, "device_owner": owner, "port_security_enabled": False, "security_groups": [],
+        "device_id": router.id, "device_owner": owner, "port_security_enabled": False,
         "allowed_address_pairs": [], "extra_dhcp_opts": [], "binding_host_id": host,
         "binding_vnic_type": "normal", "binding_profile": {}, **port_service.binding(conn, core, host)}, ips)
 

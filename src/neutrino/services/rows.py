@@ -13,8 +13,8 @@ from typing import Any
 
 from sqlalchemy import Connection, delete, insert, select, update
 
-from neutrino.db.schema import floatingips, ipallocations, networks, ports, subnets
-from neutrino.services import standard
+from neutrino.db.schema import floatingips, ipallocations, networks, ports, securitygroupportbindings, subnets
+from neutrino.services import secgroups, standard
 
 
 def _chunks(ids: Sequence[str]) -> list[Sequence[str]]:
@@ -45,10 +45,14 @@ def insert_port(conn: Connection, values: dict[str, Any], ips: list[tuple[str, s
 
 
 def delete_ports(conn: Connection, rows: Sequence[Any]) -> None:
-    """Ports (rows with id, network_id, binding_host_id) with their addresses and tags."""
+    """Ports (rows with id, network_id, binding_host_id) with their addresses, group memberships and tags."""
     for r in rows:
         standard.emit(conn, "port", r.id, "delete", network_id=r.network_id, host=r.binding_host_id or None)
+    links = securitygroupportbindings
+    groups: set[str] = set()
     for ids in _chunks([r.id for r in rows]):
+        groups.update(g for (g,) in conn.execute(select(links.c.security_group_id).where(links.c.port_id.in_(ids))))
+        conn.execute(delete(links).where(links.c.port_id.in_(ids)))
         # Floating IPs of these ports stay, disassociated.
         conn.execute(update(floatingips).where(floatingips.c.port_id.in_(ids)).values(
             port_id=None, fixed_ip_address=None, router_id=None, status="DOWN",
@@ -56,6 +60,8 @@ def delete_ports(conn: Connection, rows: Sequence[Any]) -> None:
         conn.execute(delete(ipallocations).where(ipallocations.c.port_id.in_(ids)))
         standard.delete_tags(conn, ids)
         conn.execute(delete(ports).where(ports.c.id.in_(ids)))
+    if groups:
+        secgroups.announce(conn, groups)  # fewer members: hosts filtering by these groups must hear it
 
 
 def delete_subnets(conn: Connection, rows: Sequence[Any]) -> None:

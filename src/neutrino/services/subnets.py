@@ -15,7 +15,7 @@ from neutrino.errors import InUse, InvalidInput, PolicyNotAuthorized
 from neutrino.intent.model import ROUTER_OWNERS, DeviceOwner
 from neutrino.ipam.macs import eui64
 from neutrino.ipam.pools import Pool, PoolError, default_pools, usable_range, validate_pools
-from neutrino.services import dhcp, quotas, rows, standard
+from neutrino.services import dhcp, quotas, rows, secgroups, standard
 from neutrino.services import networks as net_service
 from neutrino.services.addresses import AUTO_ADDRESS_MODES
 from neutrino.services.core import Core, guard_change, require_writer
@@ -167,6 +167,7 @@ def _address_existing_ports(conn: Connection, network_id: str, subnet_id: str, c
         for v in values:
             standard.bump(conn, ports, v["port_id"])
             standard.emit(conn, "port", v["port_id"], "update", network_id=network_id)
+        secgroups.announce_members(conn, [v["port_id"] for v in values])
 
 
 def update(core: Core, conn: Connection, ctx: RequestContext, subnet_id: str, data: dict[str, Any],
@@ -217,6 +218,7 @@ def delete_(core: Core, conn: Connection, ctx: RequestContext, subnet_id: str, i
         standard.bump(conn, ports, port_id)
         standard.emit(conn, "port", port_id, "update", network_id=row.network_id)
     rows.delete_subnets(conn, [row])
+    secgroups.announce_members(conn, touched)
     standard.bump(conn, networks, row.network_id)
     dhcp.reconcile_network(conn, core, row.network_id)
 

@@ -12,13 +12,13 @@ from typing import Any
 from sqlalchemy import Connection, Table
 
 from neutrino.context import RequestContext
-from neutrino.db.schema import floatingips, networks, ports, routers, subnets
+from neutrino.db.schema import floatingips, networks, ports, routers, securitygroups, subnets
 from neutrino.errors import NotFound
 from neutrino.services import floatingips as fip_service
 from neutrino.services import networks as net_service
 from neutrino.services import ports as port_service
 from neutrino.services import routers as router_service
-from neutrino.services import standard
+from neutrino.services import secgroups, standard
 from neutrino.services import subnets as subnet_service
 from neutrino.services.core import require_owner, require_writer
 
@@ -29,6 +29,7 @@ TAGGED: dict[str, tuple[Table, Callable[[Connection, RequestContext, str], Any]]
     "port": (ports, port_service.fetch),
     "router": (routers, router_service.fetch),
     "floatingip": (floatingips, fip_service.fetch),
+    "security_group": (securitygroups, secgroups.fetch),
 }
 
 

@@ -2,15 +2,19 @@
 
 A host needs: every network that has a port bound to it or is DHCP-scheduled to it; those networks'
 subnets and all their ports (dnsmasq serves every port of a network; VXLAN FDB entries name remote
-ports); the routers scheduled to its L3 agent (extra routes, floating IPs) with their own ports and the
-networks and subnets those sit on; the tunnel endpoints of the other hosts' L2 agents; and the feed
-revision it reflects.
+ports), each with its port security (groups, address pairs); the routers scheduled to its L3 agent (extra
+routes, floating IPs) with their own ports and the networks and subnets those sit on; the tunnel
+endpoints of the other hosts' L2 agents; the security groups of its ports and the groups their rules
+name as remote, with rules and members (``_security_groups``: a handful of set-based queries however
+many ports and members); and the feed revision it reflects.
 Its JSON form for remote agents is ``intent.codec``.
 """
 
 from __future__ import annotations
 
 import ipaddress
+from collections.abc import Iterable
+from typing import Any
 
 from sqlalchemy import Connection, func, or_, select, true
 
@@ -24,11 +28,16 @@ from neutrino.db.schema import (
     ports,
     router_bindings,
     routers,
+    securitygroupportbindings,
+    securitygrouprules,
+    securitygroups,
     subnets,
 )
 from neutrino.intent.model import (
     ROUTER_OWNERS,
+    AddressPair,
     AgentType,
+    Direction,
     ExtraDhcpOpt,
     FixedIp,
     FloatingIpId,
@@ -36,6 +45,7 @@ from neutrino.intent.model import (
     HostName,
     HostRoute,
     HostSpec,
+    IPNetwork,
     Ipv6Mode,
     NetworkId,
     NetworkSpec,
@@ -44,11 +54,17 @@ from neutrino.intent.model import (
     PortSpec,
     RouterId,
     RouterSpec,
+    SecurityGroupId,
+    SecurityGroupRuleSpec,
+    SecurityGroupSpec,
     Snapshot,
     SubnetId,
     SubnetSpec,
 )
 from neutrino.services.agents import is_alive
+from neutrino.services.sgrules import number
+
+links = securitygroupportbindings
 
 
 def current_revision(conn: Connection) -> int:
@@ -106,15 +122,22 @@ def build(conn: Connection, host: str, down_after: float) -> Snapshot:
                 .where(or_(ipallocations.c.network_id.in_(port_nets), ipallocations.c.port_id.in_(router_port_ids)))
                 .order_by(ipallocations.c.port_id, ipallocations.c.position)):
             ips.setdefault(pid, []).append(FixedIp(SubnetId(sid), ipaddress.ip_address(ip)))
-        for p in conn.execute(select(ports).where(or_(ports.c.network_id.in_(port_nets),
-                                                      ports.c.id.in_(router_port_ids)))):
+        wanted = or_(ports.c.network_id.in_(port_nets), ports.c.id.in_(router_port_ids))
+        groups_of: dict[str, list[SecurityGroupId]] = {}
+        for pid, gid in conn.execute(select(links.c.port_id, links.c.security_group_id)
+                                     .join(ports, ports.c.id == links.c.port_id).where(wanted)
+                                     .order_by(links.c.port_id, links.c.security_group_id)):
+            groups_of.setdefault(pid, []).append(SecurityGroupId(gid))
+        for p in conn.execute(select(ports).where(wanted)):
             prts[PortId(p.id)] = PortSpec(
                 id=PortId(p.id), network_id=NetworkId(p.network_id), mac_address=p.mac_address,
                 fixed_ips=tuple(ips.get(p.id, ())), device_owner=p.device_owner, device_id=p.device_id,
                 host=HostName(p.binding_host_id) if p.binding_host_id else None, admin_state_up=p.admin_state_up,
                 extra_dhcp_opts=tuple(ExtraDhcpOpt(o["opt_name"], o["opt_value"], int(o.get("ip_version", 4)))
                                       for o in p.extra_dhcp_opts),
-                dns_name=p.dns_name)
+                dns_name=p.dns_name, port_security_enabled=p.port_security_enabled,
+                security_groups=tuple(groups_of.get(p.id, ())),
+                allowed_address_pairs=_pairs(p.allowed_address_pairs, p.mac_address))
     hosts: dict[HostName, HostSpec] = {}
     for a in conn.execute(select(agents).where(agents.c.agent_type == AgentType.L2.value)):
         tunnel = (a.configurations or {}).get("tunneling_ip")
@@ -133,4 +156,54 @@ def build(conn: Connection, host: str, down_after: float) -> Snapshot:
                      for x in r.routes),
         floating_ips=tuple(fips.get(r.id, ()))) for r in router_rows}
     return Snapshot(revision=revision, networks=nets, subnets=subs, ports=prts,
-                    dhcp_networks=frozenset(NetworkId(n) for n in dhcp_nets), hosts=hosts, routers=rtrs)
+                    dhcp_networks=frozenset(NetworkId(n) for n in dhcp_nets), hosts=hosts, routers=rtrs,
+                    security_groups=_security_groups(conn, host))
+
+
+def _pairs(raw: Iterable[dict[str, str]], mac: str) -> tuple[AddressPair, ...]:
+    """Allowed address pairs: an address or a CIDR (host bits tolerated), the port's MAC unless one is named."""
+    return tuple(AddressPair(ipaddress.ip_network(p["ip_address"], strict=False), p.get("mac_address") or mac)
+                 for p in raw)
+
+
+def _sorted_networks(nets: Iterable[IPNetwork]) -> tuple[IPNetwork, ...]:
+    return tuple(sorted(set(nets), key=lambda n: (n.version, n.network_address, n.prefixlen)))
+
+
+def _rule(r: Any) -> SecurityGroupRuleSpec:
+    return SecurityGroupRuleSpec(
+        id=r.id, direction=Direction(r.direction), ethertype=4 if r.ethertype == "IPv4" else 6,
+        protocol=number(r.protocol), port_min=r.port_range_min, port_max=r.port_range_max,
+        remote_ip_prefix=ipaddress.ip_network(r.remote_ip_prefix) if r.remote_ip_prefix else None,
+        remote_group_id=SecurityGroupId(r.remote_group_id) if r.remote_group_id else None)
+
+
+def _security_groups(conn: Connection, host: str) -> dict[SecurityGroupId, SecurityGroupSpec]:
+    """The groups of ports bound to ``host`` and the groups their rules name as remote: each with its rules
+    and members (every member port's fixed IPs and address pairs, on any host). Five queries in all."""
+    rules = securitygrouprules
+    local = select(links.c.security_group_id).join(ports, ports.c.id == links.c.port_id) \
+        .where(ports.c.binding_host_id == host)
+    remote = select(rules.c.remote_group_id).where(rules.c.security_group_id.in_(local),
+                                                    rules.c.remote_group_id.is_not(None))
+    group_ids = local.union(remote).subquery()
+    wanted = securitygroups.c.id.in_(select(group_ids))
+    stateful = {r.id: r.stateful for r in conn.execute(select(securitygroups.c.id, securitygroups.c.stateful)
+                                                       .where(wanted))}
+    if not stateful:
+        return {}
+    found: dict[str, list[SecurityGroupRuleSpec]] = {g: [] for g in stateful}
+    for r in conn.execute(select(rules).where(rules.c.security_group_id.in_(select(group_ids)))
+                          .order_by(rules.c.security_group_id, rules.c.id)):
+        found[r.security_group_id].append(_rule(r))
+    members: dict[str, list[IPNetwork]] = {g: [] for g in stateful}
+    in_groups = links.c.security_group_id.in_(select(group_ids))
+    for gid, ip in conn.execute(select(links.c.security_group_id, ipallocations.c.ip_address)
+                                .join(ipallocations, ipallocations.c.port_id == links.c.port_id).where(in_groups)):
+        members[gid].append(ipaddress.ip_network(ip))
+    for gid, pairs in conn.execute(select(links.c.security_group_id, ports.c.allowed_address_pairs)
+                                   .join(ports, ports.c.id == links.c.port_id).where(in_groups)):
+        members[gid].extend(ipaddress.ip_network(p["ip_address"], strict=False) for p in pairs)
+    return {SecurityGroupId(g): SecurityGroupSpec(
+        id=SecurityGroupId(g), stateful=stateful[g], rules=tuple(found[g]), members=_sorted_networks(members[g]))
+        for g in sorted(stateful)}
