@@ -132,4 +132,4 @@ def test_a_vanished_namespace_takes_its_routes_along(tmp_path: Path) -> None:
 
 def test_the_pipeline_runs_routes_between_links_and_nft(tmp_path: Path) -> None:
     planes = [p.name for p in Pipeline(settings(tmp_path, 1.0)).planes]
-    assert planes == ["links", "sysctls", "routes", "nft", "daemons"]
+    assert planes == ["nft-host", "links", "sysctls", "routes", "nft", "daemons"]

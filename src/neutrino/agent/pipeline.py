@@ -1,7 +1,8 @@
 """The agent's pipeline: compile the host's one ``HostState``, then every plane converges its part.
 
-Planes, in order: links (namespaces, bridges, VXLAN, veths, addresses, FDB), sysctls (forwarding in
-router namespaces), routes (over those links), nft (owned tables: routers' NAT), daemons (dnsmasq now).
+Planes, in order: the host's nft tables (the instance ports' filter, in place before a tap is plugged),
+links (namespaces, bridges, VXLAN, veths, addresses, FDB), sysctls (forwarding in router namespaces,
+br_netfilter), routes (over those links), nft in other namespaces (routers' NAT), daemons (dnsmasq, RA).
 Each plane observes, diffs and applies on its own; one that fails does not stop the next, and the pass
 then counts as failed (the loop retries, the revision does not advance). A port is ready (ACTIVE) when
 every plane that names it has it ready. Cleanup is the same pipeline run on the empty HostState: it
@@ -86,10 +87,12 @@ class Pipeline:
         if not self.planes:
             run_dir = s.run_dir or RUN_ROOT
             records = own.NamespaceRecords(s.state_dir)
-            self.planes = [LinkPlane(NetlinkKernel(), owner, records),
+            self.planes = [NftPlane(owner, memory=s.state_dir / "nft-host-tables.json", scope="host",
+                                    name="nft-host"),
+                           LinkPlane(NetlinkKernel(), owner, records),
                            SysctlPlane(),
                            RoutesPlane(NetlinkRoutes(), owner, records),
-                           NftPlane(owner, memory=s.state_dir / "nft-tables.json"),
+                           NftPlane(owner, memory=s.state_dir / "nft-tables.json", scope="namespaces"),
                            Supervisor(run_dir / owner, pointer=s.state_dir / "dhcp")]
         self.daemons = next((p for p in self.planes if isinstance(p, Supervisor)), Supervisor(Path("/nonexistent")))
 
@@ -131,7 +134,8 @@ class Pipeline:
             "ports": len(desired.plugs) + len(desired.port_links), "dhcp_networks": len(desired.dhcp),
             "dhcp_ports": sum(len(d.hosts) for d in desired.dhcp), "routers": len(desired.routers),
             "router_ports": sum(1 for p in desired.port_links if p.namespace.startswith("qrouter-")),
-            "ex_gw_ports": sum(1 for p in desired.port_links if p.peer.startswith("qg-"))})
+            "ex_gw_ports": sum(1 for p in desired.port_links if p.peer.startswith("qg-")),
+            "filtered_ports": len({p for t in desired.nft if t.namespace is None for p in t.ports})})
 
 
 def sweep_legacy(state_dir: Path) -> int:

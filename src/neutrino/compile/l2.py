@@ -5,7 +5,8 @@ bridge ``brq<11>`` with one uplink: ``vxlan-<vni>`` (tenant networks, unicast fl
 hosts that have the network, FDB entries for their ports' MACs), the mapped physical interface (flat),
 or ``<iface>.<vid>`` (VLAN). DHCP ports become agent-owned veths into ``qdhcp-<network>``, routers
 (compile/routers.py) ``qrouter-<router>`` namespaces whose networks are present too; instance
-ports (``compute:*``) are taps created by the instance tooling, which the agent plugs into the bridge.
+ports (``compute:*``) are taps created by the instance tooling, which the agent plugs into the bridge; those
+with port security are filtered by the host's bridge and inet tables (compile/secgroups.py).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from collections.abc import Mapping
 
 from neutrino.compile.dhcp import compile_dhcp, dnsmasq_daemon
 from neutrino.compile.routers import compile_router, router_ports
+from neutrino.compile.secgroups import compile_secgroups
 from neutrino.compile.state import (
     BridgeSpec,
     HostState,
@@ -112,11 +114,13 @@ def compile_host(snap: Snapshot, host: str, tunnel_ip: str,
     for r in routers:
         links += r.links
         problems += r.problems
+    security = compile_secgroups(snap, host)
+    problems += security.problems
     return HostState(namespaces=tuple(sorted({link.namespace for link in links} | {r.namespace for r in routers})),
                      bridges=tuple(bridges), vxlans=tuple(vxlans), vlans=tuple(vlans), plugs=tuple(plugs),
                      port_links=tuple(links), dhcp=dhcp, routes=tuple(rt for r in routers for rt in r.routes),
-                     nft=tuple(r.nft for r in routers),
+                     nft=security.tables + tuple(r.nft for r in routers),
                      daemons=tuple(dnsmasq_daemon(d) for d in dhcp) + tuple(d for r in routers for d in r.daemons),
-                     sysctls=tuple(sc for r in routers for sc in r.sysctls),
+                     sysctls=security.sysctls + tuple(sc for r in routers for sc in r.sysctls),
                      routers=tuple(RouterId(r.namespace.removeprefix("qrouter-")) for r in routers),
                      problems=tuple(problems))

@@ -103,10 +103,12 @@ class RouteSpec:
 class SysctlSpec:
     """A sysctl neutrino sets in ``namespace`` (None: the host's), e.g. ``net.ipv4.ip_forward`` = "1" in a
     router's namespace; a per-device key (``net.ipv4.conf.<dev>.arp_notify``) is set once the device exists.
-    Set, never restored: a namespace's values go with the namespace."""
+    Set, never restored: a namespace's values go with the namespace. ``ports`` depend on it (br_netfilter
+    for filtered ports): they are ready only once it holds ``value``."""
     namespace: str | None
     key: str
     value: str
+    ports: tuple[PortId, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -119,8 +121,8 @@ class HostState:
     port_links: tuple[PortLinkSpec, ...] = ()
     dhcp: tuple[DhcpServerSpec, ...] = ()   # what the DHCP servers serve (their daemons are in ``daemons``)
     routes: tuple[RouteSpec, ...] = ()      # routers: extra, default and on-link gateway routes
-    nft: tuple[NftTable, ...] = ()          # one per (namespace, family): routers' NAT (security groups later)
+    nft: tuple[NftTable, ...] = ()          # one per (namespace, family): routers' NAT, the host's filter
     daemons: tuple[DaemonSpec, ...] = ()    # every daemon, fully rendered
-    sysctls: tuple[SysctlSpec, ...] = ()    # routers: forwarding, rp_filter, arp_notify
+    sysctls: tuple[SysctlSpec, ...] = ()    # routers: forwarding, rp_filter, arp_notify; br_netfilter
     routers: tuple[RouterId, ...] = ()      # the routers realised here (qrouter-<id>)
     problems: tuple[str, ...] = ()  # intent this host cannot realise (e.g. a physnet with no mapping)

@@ -1,11 +1,19 @@
-"""The nft plane: per namespace one owned ``inet`` table (and one ``bridge`` table where needed).
+"""The nft plane: per namespace and family one owned table (``neutrino-<owner>``): ``ip`` in a router's
+namespace, ``bridge`` and ``inet`` in the host's where ports are filtered.
 
 A table is set whole: one ``nft -f`` transaction makes it, deletes it and makes it again with its content
-(compile/nft.py: ``render_sync``), so no half-applied state is ever visible. After a sync the plane keeps
-the table's listing; a pass lists each table again and a listing that differs (something else changed
-the table, or it is gone) is a full sync. The first pass, and the next pass after any failure, is a full
-sync of every table, and also sweeps this owner's tables (``neutrino-<owner>``) that are not desired;
-tables of anyone else are never read or touched.
+(compile/nft.py: ``render_sync``), so no half-applied state is ever visible. A table built from parts
+whose new version differs from the one set only in set elements or chain contents is updated in place
+instead (``render_update``: elements added/deleted, one chain flushed and filled): a membership or rule
+change moves only that, and conntrack, counters and every other chain stay. Whatever changes in one
+namespace in a pass is one transaction. After a change the plane keeps the table's listing; a pass lists
+each table again and a listing that differs (something else changed the table, or it is gone) is a full
+sync. The first pass, and the next pass after any failure, is a full sync of every table, and also sweeps
+this owner's tables that are not desired; tables of anyone else are never read or touched.
+
+``scope`` splits the work between two planes of one pipeline: the host's namespace ("host", run before
+the links plane, so an instance's tap is filtered before it is plugged into its bridge) and every other
+namespace ("namespaces": routers, whose namespaces the links plane makes first).
 
 With a ``memory`` file (the agent's state directory), what a sync left (body and listing per table) outlives
 the agent: a restarted agent whose desired body is the one it set, and whose table still lists exactly as
@@ -20,9 +28,9 @@ import subprocess
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import Literal, Protocol
 
-from neutrino.compile.nft import NftTable, render_delete, render_sync, table_name
+from neutrino.compile.nft import NftTable, render_delete, render_sync, render_update, table_name
 from neutrino.compile.state import HostState
 from neutrino.dataplane.plane import Made, PlaneResult
 from neutrino.errors import KernelError
@@ -78,12 +86,20 @@ class SyncTable:
 
 
 @dataclass(frozen=True, slots=True)
+class UpdateTable:
+    """Change a table in place: ``script`` (render_update) turns the table as set into ``table``."""
+    table: NftTable
+    script: str
+
+
+@dataclass(frozen=True, slots=True)
 class DeleteTable:
     ns: str | None
     family: str
 
 
-Op = SyncTable | DeleteTable
+Op = SyncTable | UpdateTable | DeleteTable
+Scope = Literal["all", "host", "namespaces"]
 
 
 @dataclass
@@ -93,13 +109,14 @@ class Observed:
 
 
 class NftPlane:
-    name = "nft"
-
-    def __init__(self, owner: str, nft: Nft | None = None, memory: Path | None = None) -> None:
+    def __init__(self, owner: str, nft: Nft | None = None, memory: Path | None = None, scope: Scope = "all",
+                 name: str = "nft") -> None:
         self.owner = owner
+        self.name = name
+        self.scope = scope
         self.table = table_name(owner)
         self.nft = nft or NftCommand()
-        self.applied: dict[TableKey, tuple[str, str | None]] = {}  # key -> (body, listing after the sync)
+        self.applied: dict[TableKey, tuple[NftTable, str | None]] = {}  # key -> (table, listing after the change)
         self.full = True  # the first pass and the pass after a failure sync everything
         self.memory = memory
         self.remembered = self._recall()  # what an earlier run left: key -> (body, listing)
@@ -116,59 +133,81 @@ class NftPlane:
     def _remember(self) -> None:
         if self.memory is None:
             return
-        rows = [{"ns": k[0], "family": k[1], "body": v[0], "listing": v[1]}
+        rows = [{"ns": k[0], "family": k[1], "body": v[0].body, "listing": v[1]}
                 for k, v in sorted(self.applied.items(), key=str) if v[1] is not None]
         self.memory.parent.mkdir(parents=True, exist_ok=True)
         tmp = self.memory.with_suffix(".tmp")
         tmp.write_text(json.dumps(rows))
         tmp.replace(self.memory)
 
+    def _mine(self, ns: str | None) -> bool:
+        return self.scope == "all" or (ns is None) == (self.scope == "host")
+
+    def tables(self, desired: HostState) -> list[NftTable]:
+        """The desired tables in this plane's scope."""
+        return [t for t in desired.nft if self._mine(t.namespace)]
+
     def observe(self, desired: HostState, namespaces: Collection[str] | None = None) -> Observed:
-        keys = {(t.namespace, t.family) for t in desired.nft} | set(self.applied)
+        wanted = {(t.namespace, t.family) for t in self.tables(desired)}
+        keys = wanted | set(self.applied)
         if self.full:  # only tables an earlier run remembers are worth listing
-            keys = {(t.namespace, t.family) for t in desired.nft} & set(self.remembered)
+            keys = wanted & set(self.remembered)
         listings = {k: self.nft.listing(k[0], k[1], self.table) for k in sorted(keys, key=str)}
         found: set[TableKey] = set()
         if self.full:
-            for ns in sorted({None, *(t.namespace for t in desired.nft)}, key=lambda n: n or ""):
-                found |= {(ns, fam) for fam, name in self.nft.tables(ns) if name == self.table}
+            for ns in sorted({None, *(k[0] for k in wanted)}, key=lambda n: n or ""):
+                if self._mine(ns):
+                    found |= {(ns, fam) for fam, name in self.nft.tables(ns) if name == self.table}
         return Observed(listings, found)
 
     def diff(self, desired: HostState, obs: Observed) -> list[Op]:
         ops: list[Op] = []
-        wanted = {(t.namespace, t.family): t for t in desired.nft}
+        wanted = {(t.namespace, t.family): t for t in self.tables(desired)}
         for key, t in sorted(wanted.items(), key=str):
-            body, listing = self.applied.get(key, (None, None))
+            have, listing = self.applied.get(key, (None, None))
             kept = self.remembered.get(key)
             if self.full and kept is not None and kept[0] == t.body and obs.listings.get(key) == kept[1]:
-                self.applied[key] = kept  # set by an earlier run and untouched since: taken as it is
+                self.applied[key] = (t, kept[1])  # set by an earlier run and untouched since: taken as it is
             elif self.full:
                 ops.append(SyncTable(t, "full sync"))
-            elif body != t.body:
-                ops.append(SyncTable(t, "content changed"))
-            elif obs.listings.get(key) != listing:
+            elif have is not None and obs.listings.get(key) != listing:
                 ops.append(SyncTable(t, "changed behind neutrino's back" if obs.listings.get(key) else "gone"))
+            elif have is None or have.body != t.body:
+                script = render_update(have, t, self.owner) if have is not None else None
+                ops.append(UpdateTable(t, script) if script is not None else SyncTable(t, "content changed"))
         stale = (set(self.applied) | obs.found) - set(wanted)
         ops += [DeleteTable(ns, fam) for ns, fam in sorted(stale, key=str)]
         return ops
 
     def apply(self, ops: Sequence[Op]) -> int:
+        """One transaction per namespace for everything that changes there (tables gone already are not
+        deleted again); then the listing of each table changed, as the baseline for drift."""
         errors = []
+        by_ns: dict[str | None, list[Op]] = {}
         for op in ops:
+            by_ns.setdefault(op.ns if isinstance(op, DeleteTable) else op.table.namespace, []).append(op)
+        for ns, group in sorted(by_ns.items(), key=lambda kv: kv[0] or ""):
+            script = []
             try:
-                if isinstance(op, SyncTable):
+                for op in group:
+                    if isinstance(op, DeleteTable):
+                        self.applied.pop((op.ns, op.family), None)
+                        if self.nft.listing(op.ns, op.family, self.table) is not None:
+                            script.append(render_delete(op.family, self.owner))
+                        continue
                     t = op.table
                     self.applied.pop((t.namespace, t.family), None)
-                    self.nft.run(t.namespace, render_sync(t, self.owner))
-                    listing = self.nft.listing(t.namespace, t.family, self.table)
-                    self.applied[(t.namespace, t.family)] = (t.body, listing)
-                    if op.why != "full sync":
+                    script.append(render_sync(t, self.owner) if isinstance(op, SyncTable) else op.script)
+                    if isinstance(op, SyncTable) and op.why != "full sync":
                         log.info("nft table %s %s in %s: %s; set again", t.family, self.table,
                                  t.namespace or "the host", op.why)
-                else:
-                    self.applied.pop((op.ns, op.family), None)
-                    if self.nft.listing(op.ns, op.family, self.table) is not None:
-                        self.nft.run(op.ns, render_delete(op.family, self.owner))
+                if script:
+                    self.nft.run(ns, "".join(script))
+                for op in group:
+                    if not isinstance(op, DeleteTable):
+                        t = op.table
+                        self.applied[(t.namespace, t.family)] = (t, self.nft.listing(t.namespace, t.family,
+                                                                                     self.table))
             except KernelError as exc:
                 errors.append(str(exc))
         self.full = bool(errors)
@@ -177,11 +216,11 @@ class NftPlane:
         return len(ops)
 
     def names(self, desired: HostState) -> set[PortId]:
-        return {p for t in desired.nft for p in t.ports}
+        return {p for t in self.tables(desired) for p in t.ports}
 
     def ready(self, desired: HostState) -> set[PortId]:
-        return {p for t in desired.nft if (t.namespace, t.family) in self.applied
-                and self.applied[(t.namespace, t.family)][0] == t.body for p in t.ports}
+        return {p for t in self.tables(desired) if (t.namespace, t.family) in self.applied
+                and self.applied[(t.namespace, t.family)][0].body == t.body for p in t.ports}
 
     def sync(self, desired: HostState, made: Made = frozenset()) -> PlaneResult:
         try:

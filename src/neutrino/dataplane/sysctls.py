@@ -2,7 +2,9 @@
 
 Observe (read each key inside its namespace), diff, write only what differs: a restarted agent reads the
 same values and writes nothing. A per-device key whose device is not there (yet) is skipped and retried
-next pass. Values are never restored: neutrino sets them only in its own namespaces, which go whole.
+next pass. Values are never restored: neutrino sets them only in its own namespaces, which go whole (and
+br_netfilter's ``net.bridge.bridge-nf-call-ip(6)tables`` in the host's, where ports are filtered; a key
+names the ports that depend on it, ready once it holds its value).
 The files under ``/proc/sys/net`` belong to the namespace of whoever opens them, so each is opened from
 inside its namespace (this thread steps in and back out, no fork; dataplane/netlink.py).
 """
@@ -93,8 +95,12 @@ class SysctlPlane:
         return len(ops)
 
     def names(self, desired: HostState) -> set[PortId]:
-        return set()
+        return {p for spec in desired.sysctls for p in spec.ports}
 
     def sync(self, desired: HostState, made: Made = frozenset()) -> PlaneResult:
         ops = self.diff(desired)
-        return PlaneResult(self.apply(ops) if ops else 0)
+        changes = self.apply(ops) if ops else 0
+        named = [spec for spec in desired.sysctls if spec.ports]
+        waiting = {p for spec in named if self.kernel.read(spec.namespace, spec.key) != spec.value
+                   for p in spec.ports}
+        return PlaneResult(changes, frozenset(p for spec in named for p in spec.ports if p not in waiting))

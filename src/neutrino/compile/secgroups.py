@@ -1,0 +1,375 @@
+"""Security groups and port security (pure): the host namespace's filter for the instance ports bound here.
+
+This kernel has no conntrack in the bridge family (../shared/KERNEL.md), so the filter is two tables, both
+in the host's namespace and both built from parts (compile/nft.py ``structured``) so that the nft plane
+can change a set's elements or one chain instead of the whole table:
+
+``bridge`` table, between each filtered tap and its bridge:
+  - prerouting (priority -300, before br_netfilter): a frame entering the bridge from a filtered tap (the
+    instance sending) is checked against the port's addresses -- source MAC (the port's or an address
+    pair's), IPv4 and IPv6 source bound to that MAC (fixed IPs, address pairs, the link-local address of
+    each allowed MAC), ARP sender MAC and address, NDP advertisements only for its own targets; DHCP and
+    DHCPv6 server traffic and router advertisements from an instance are dropped, DHCP discovery from
+    0.0.0.0 and DAD/RS/MLD from :: allowed, any other ethertype dropped -- and marked with the port's
+    egress mark;
+  - forward (priority -300, before br_netfilter's forward hook): a frame leaving through a filtered tap
+    gets that port's ingress mark; one from a filtered tap leaving anywhere else (the uplink, a DHCP or
+    router port) gets its mark cleared, so no mark of ours leaves the bridge.
+
+``inet`` table, reached by bridged IPv4/IPv6 through br_netfilter (``net.bridge.bridge-nf-call-iptables``
+and ``-ip6tables`` = 1 in the host's namespace, here as sysctls naming the filtered ports):
+  - zone (prerouting, priority raw): conntrack zone per bridge, so tenants' overlapping addresses on
+    different networks never share connections;
+  - egress (prerouting, filter: after conntrack) dispatches on the egress mark (verdict map) to the
+    sending port's chain; ingress (forward) on the ingress mark to the receiving port's chain. A packet
+    between two filtered ports on this host passes both (a flooded one, each receiver's);
+  - a port's chain: for stateful groups ``ct state established,related accept``; DHCP/DHCPv6 client and
+    server replies and NDP/MLD as Neutron always allows them; ``ct state invalid drop``; a jump to each of
+    its groups' chain; drop. A group's chain (one per group and direction, shared by its ports) is its
+    rules, each an accept; remote groups are named sets of their members' addresses.
+
+Traffic that neither enters nor leaves through a filtered tap is never marked and never dispatched: DHCP
+ports, router ports, unfiltered ports and the VXLAN uplink pass untouched. Marks are 31-bit hashes of the
+port id (egress: the top bit set), zones 16-bit hashes of the network id, both stable across changes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import ipaddress
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from neutrino.compile.nft import NftChain, NftSet, NftTable, structured
+from neutrino.compile.state import SysctlSpec, bridge_name, tap_name
+from neutrino.intent.model import (
+    COMPUTE_OWNER_PREFIX,
+    Direction,
+    IPNetwork,
+    PortId,
+    PortSpec,
+    SecurityGroupId,
+    SecurityGroupRuleSpec,
+    SecurityGroupSpec,
+    Snapshot,
+)
+
+BR_NETFILTER = ("net.bridge.bridge-nf-call-iptables", "net.bridge.bridge-nf-call-ip6tables")
+EGRESS_BIT = 0x80000000
+PORT_PROTOCOLS = frozenset({6, 17, 33, 132, 136})  # tcp, udp, dccp, sctp, udplite: a destination port range
+ICMP = {4: 1, 6: 58}
+NFPROTO = {4: "ipv4", 6: "ipv6"}
+ADDR = {4: "ip", 6: "ip6"}
+# ICMPv6 Neutron lets through whatever the groups say: neighbour discovery, router solicitation/advertisement
+# (RA only towards the instance, never from it), multicast listener queries and reports.
+ND_EGRESS = "{ nd-router-solicit, nd-neighbor-solicit, nd-neighbor-advert, mld-listener-report, " \
+            "mld-listener-done, mld2-listener-report }"
+ND_INGRESS = "{ nd-router-advert, nd-neighbor-solicit, nd-neighbor-advert, mld-listener-query }"
+MAC = re.compile(r"[0-9a-f]{2}(:[0-9a-f]{2}){5}")
+TOKEN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,63}")
+
+
+@dataclass(frozen=True, slots=True)
+class CompiledSecurity:
+    tables: tuple[NftTable, ...]       # bridge + inet in the host's namespace; none without filtered ports
+    sysctls: tuple[SysctlSpec, ...]    # br_netfilter on, naming the filtered ports
+    ports: tuple[PortId, ...]          # the filtered ports
+    problems: tuple[str, ...]
+
+
+def token(ident: str) -> str:
+    """An id as it may appear in an nft name (``port-<id>-egress``): itself when it is plain, else a hash."""
+    return ident if TOKEN.fullmatch(ident) else "x" + hashlib.sha256(ident.encode()).hexdigest()[:20]
+
+
+def _hash(text: str, bits: int) -> int:
+    return int.from_bytes(hashlib.sha256(text.encode()).digest()[:4], "big") % ((1 << bits) - 1) + 1
+
+
+def allocate(keys: Iterable[str], bits: int) -> dict[str, int]:
+    """A stable number per key in 1 .. 2**bits - 1: its hash, the next free one on a collision (keys in
+    sorted order, so the same keys always get the same numbers)."""
+    used: set[int] = set()
+    out: dict[str, int] = {}
+    top = (1 << bits) - 1
+    for key in sorted(set(keys)):
+        n = _hash(key, bits)
+        while n in used:
+            n = n % top + 1
+        used.add(n)
+        out[key] = n
+    return out
+
+
+def link_local(mac: str) -> ipaddress.IPv6Address:
+    """The EUI-64 link-local address an interface with ``mac`` gives itself."""
+    b = bytes.fromhex(mac.replace(":", ""))
+    eui = bytes([b[0] ^ 0x02]) + b[1:3] + b"\xff\xfe" + b[3:]
+    return ipaddress.IPv6Address(b"\xfe\x80" + b"\x00" * 6 + eui)
+
+
+def filtered_ports(snap: Snapshot, host: str) -> list[PortSpec]:
+    """The ports this host filters: instance ports bound here with port security, on a known network
+    (those whose taps compile/l2.py plugs)."""
+    return sorted((p for p in snap.ports.values() if p.host == host and p.port_security_enabled
+                   and p.device_owner.startswith(COMPUTE_OWNER_PREFIX) and p.network_id in snap.networks),
+                  key=lambda p: p.id)
+
+
+def _net(addr: ipaddress.IPv4Address | ipaddress.IPv6Address) -> IPNetwork:
+    return ipaddress.ip_network(addr)
+
+
+def _addr(net: IPNetwork) -> str:
+    return str(net.network_address) if net.prefixlen == net.max_prefixlen else str(net)
+
+
+def _nd_target(net: ipaddress.IPv6Network) -> str:
+    lo, hi = int(net.network_address), int(net.broadcast_address)
+    return f"0x{lo:032x}" if lo == hi else f"0x{lo:032x}-0x{hi:032x}"
+
+
+@dataclass(frozen=True, slots=True)
+class _Port:
+    spec: PortSpec
+    tap: str
+    bindings: tuple[tuple[str, IPNetwork], ...]   # (MAC, network) the port may send from
+    macs: tuple[str, ...]
+
+
+def _port_addresses(port: PortSpec, problems: list[str]) -> _Port | None:
+    tap = tap_name(port.id)
+    mac = port.mac_address.lower()
+    if not TOKEN.fullmatch(tap) or not MAC.fullmatch(mac):
+        problems.append(f"port {port.id}: device name or MAC address unusable, not filtered here")
+        return None
+    pairs: set[tuple[str, IPNetwork]] = {(mac, _net(f.ip_address)) for f in port.fixed_ips}
+    for pair in port.allowed_address_pairs:
+        pmac = pair.mac_address.lower()
+        if MAC.fullmatch(pmac):
+            pairs.add((pmac, pair.ip_address))
+        else:
+            problems.append(f"port {port.id}: address pair {pair.ip_address} with unusable MAC ignored")
+    macs = sorted({mac} | {m for m, _ in pairs})
+    pairs |= {(m, _net(link_local(m))) for m in macs}
+    return _Port(port, tap, tuple(sorted(pairs, key=lambda x: (x[0], x[1].version, int(x[1].network_address),
+                                                               x[1].prefixlen))), tuple(macs))
+
+
+def _collapsed(nets: Iterable[IPNetwork], version: int) -> list[IPNetwork]:
+    """The networks of one version, merged where they overlap or touch (an interval set refuses
+    overlapping elements), in address order."""
+    out: list[IPNetwork] = []
+    if version == 4:
+        out += ipaddress.collapse_addresses(n for n in nets if isinstance(n, ipaddress.IPv4Network))
+    else:
+        out += ipaddress.collapse_addresses(n for n in nets if isinstance(n, ipaddress.IPv6Network))
+    return sorted(out, key=lambda n: int(n.network_address))
+
+
+def compile_secgroups(snap: Snapshot, host: str) -> CompiledSecurity:
+    problems: list[str] = []
+    ports: list[_Port] = []
+    for spec in filtered_ports(snap, host):
+        port = _port_addresses(spec, problems)
+        if port is not None and any(p.tap == port.tap for p in ports):
+            problems.append(f"port {spec.id}: device name {port.tap} taken by another port, not filtered here")
+        elif port is not None:
+            ports.append(port)
+    if not ports:
+        return CompiledSecurity((), (), (), tuple(problems))
+    ids = tuple(p.spec.id for p in ports)
+    marks = allocate(ids, 31)
+    bridge = _bridge_table(ports, marks, ids)
+    inet = _inet_table(snap, ports, marks, ids, problems)
+    sysctls = tuple(SysctlSpec(None, key, "1", ids) for key in BR_NETFILTER)
+    return CompiledSecurity((bridge, inet), sysctls, ids, tuple(problems))
+
+
+# -- the bridge table: marks and anti-spoofing ---------------------------------------------------------------
+
+def _bridge_table(ports: list[_Port], marks: dict[str, int], ids: tuple[PortId, ...]) -> NftTable:
+    ipv4, ipv6, nd = [], [], []
+    for p in ports:
+        by_mac: dict[str, list[IPNetwork]] = {}
+        for mac, net in p.bindings:
+            by_mac.setdefault(mac, []).append(net)
+        for mac, nets in sorted(by_mac.items()):
+            ipv4 += [f'"{p.tap}" . {mac} . {_addr(n)}' for n in _collapsed(nets, 4)]
+            ipv6 += [f'"{p.tap}" . {mac} . {_addr(n)}' for n in _collapsed(nets, 6)]
+        nd += [f'"{p.tap}" . {_nd_target(n)}' for n in _collapsed((n for _, n in p.bindings), 6)
+               if isinstance(n, ipaddress.IPv6Network)]
+    sets = (
+        NftSet("ports", ("type ifname",), tuple(sorted(f'"{p.tap}"' for p in ports))),
+        NftSet("egress-marks", ("type ifname : mark",),
+               tuple(sorted(f'"{p.tap}" : 0x{EGRESS_BIT | marks[p.spec.id]:08x}' for p in ports)), "map"),
+        NftSet("ingress-marks", ("type ifname : mark",),
+               tuple(sorted(f'"{p.tap}" : 0x{marks[p.spec.id]:08x}' for p in ports)), "map"),
+        NftSet("macs", ("type ifname . ether_addr",),
+               tuple(sorted(f'"{p.tap}" . {m}' for p in ports for m in p.macs))),
+        NftSet("ipv4", ("type ifname . ether_addr . ipv4_addr", "flags interval"), tuple(sorted(ipv4))),
+        NftSet("ipv6", ("type ifname . ether_addr . ipv6_addr", "flags interval"), tuple(sorted(ipv6))),
+        # The target of a neighbour advertisement (ICMPv6 bytes 8-23), as a 128-bit number.
+        NftSet("nd-targets", ("typeof iifname . @th,64,128", "flags interval"), tuple(sorted(nd))),
+    )
+    chains = (
+        NftChain("prerouting", (
+            "iifname != @ports accept",
+            "iifname . ether saddr != @macs drop",
+            "meta mark set iifname map @egress-marks",
+            "ether type vmap { arp : jump from-port-arp, ip : jump from-port-ipv4, ip6 : jump from-port-ipv6 }",
+            "drop",
+        ), "type filter hook prerouting priority -300; policy accept;"),
+        NftChain("forward", (
+            "meta mark set oifname map @ingress-marks accept",
+            "iifname @ports meta mark set 0x00000000",
+        ), "type filter hook forward priority -300; policy accept;"),
+        NftChain("from-port-arp", (
+            "iifname . arp saddr ether . arp saddr ip @ipv4 accept",
+            "iifname . arp saddr ether @macs arp saddr ip 0.0.0.0 accept",
+            "drop",
+        )),
+        NftChain("from-port-ipv4", (
+            "udp sport 67 drop",
+            "udp dport 68 drop",
+            "iifname . ether saddr . ip saddr @ipv4 accept",
+            "ip saddr 0.0.0.0 ip daddr 255.255.255.255 udp sport 68 udp dport 67 accept",
+            "drop",
+        )),
+        NftChain("from-port-ipv6", (
+            "icmpv6 type nd-router-advert drop",
+            "udp sport 547 drop",
+            "udp dport 546 drop",
+            "icmpv6 type nd-neighbor-advert iifname . @th,64,128 != @nd-targets drop",
+            "iifname . ether saddr . ip6 saddr @ipv6 accept",
+            "ip6 saddr :: icmpv6 type { nd-neighbor-solicit, nd-router-solicit, mld-listener-report, "
+            "mld2-listener-report } accept",
+            "drop",
+        )),
+    )
+    return structured(None, "bridge", sets, chains, ids)
+
+
+# -- the inet table: conntrack and the groups' rules ----------------------------------------------------------
+
+def _inert(rule: SecurityGroupRuleSpec) -> str | None:
+    """Why a rule cannot be rendered as given (the API refuses these; older or hostile data may hold them)."""
+    if rule.ethertype not in NFPROTO:
+        return f"ethertype {rule.ethertype}"
+    if rule.protocol is not None and not 0 <= rule.protocol <= 255:
+        return f"protocol {rule.protocol}"
+    if rule.remote_ip_prefix is not None and rule.remote_ip_prefix.version != rule.ethertype:
+        return f"remote_ip_prefix {rule.remote_ip_prefix} is not IPv{rule.ethertype}"
+    if rule.remote_ip_prefix is not None and rule.remote_group_id is not None:
+        return "both a remote prefix and a remote group"
+    limit = 255 if rule.protocol == ICMP[rule.ethertype] else 65535
+    for value in (rule.port_min, rule.port_max):
+        if value is not None and not 0 <= value <= limit:
+            return f"port or ICMP value {value}"
+    if rule.protocol in PORT_PROTOCOLS and rule.port_min is not None and rule.port_max is not None \
+            and rule.port_min > rule.port_max:
+        return f"port range {rule.port_min}-{rule.port_max}"
+    return None
+
+
+def render_rule(rule: SecurityGroupRuleSpec) -> str:
+    """One rule of a group's chain (direction decides which end the remote is)."""
+    v = rule.ethertype
+    parts = [f"meta nfproto {NFPROTO[v]}"]
+    if rule.protocol is not None:
+        parts.append(f"meta l4proto {rule.protocol}")
+        if rule.protocol in PORT_PROTOCOLS and (rule.port_min is not None or rule.port_max is not None):
+            lo = rule.port_min if rule.port_min is not None else rule.port_max
+            hi = rule.port_max if rule.port_max is not None else rule.port_min
+            if (lo, hi) != (0, 65535):
+                parts.append(f"th dport {lo}" if lo == hi else f"th dport {lo}-{hi}")
+        elif rule.protocol == ICMP[v] and rule.port_min is not None:
+            kind = "icmp" if v == 4 else "icmpv6"
+            parts.append(f"{kind} type {rule.port_min}")
+            if rule.port_max is not None:
+                parts.append(f"{kind} code {rule.port_max}")
+    end = "saddr" if rule.direction == Direction.INGRESS else "daddr"
+    if rule.remote_group_id is not None:
+        parts.append(f"{ADDR[v]} {end} @{remote_set(rule.remote_group_id, v)}")
+    elif rule.remote_ip_prefix is not None and rule.remote_ip_prefix.prefixlen > 0:
+        parts.append(f"{ADDR[v]} {end} {rule.remote_ip_prefix}")
+    return " ".join([*parts, "accept"])
+
+
+def remote_set(group: SecurityGroupId, version: int) -> str:
+    return f"sg-{token(group)}-ipv{version}"
+
+
+def _group_chains(group: SecurityGroupSpec, problems: list[str]) -> tuple[NftChain, NftChain]:
+    rules: dict[Direction, list[str]] = {Direction.INGRESS: [], Direction.EGRESS: []}
+    for rule in sorted(group.rules, key=lambda r: r.id):
+        why = _inert(rule)
+        if why is not None:
+            problems.append(f"security group {group.id} rule {rule.id}: {why}, ignored")
+            continue
+        rules[rule.direction].append(render_rule(rule))
+    # Rules that render the same are one rule (the API refuses duplicates; ids differ on identical rules).
+    name = f"sg-{token(group.id)}"
+    return (NftChain(f"{name}-ingress", tuple(dict.fromkeys(rules[Direction.INGRESS]))),
+            NftChain(f"{name}-egress", tuple(dict.fromkeys(rules[Direction.EGRESS]))))
+
+
+def _port_chains(p: _Port, groups: list[SecurityGroupSpec], stateful: bool) -> tuple[NftChain, NftChain]:
+    ct_in = ("ct state established,related accept",) if stateful else ()
+    invalid = ("ct state invalid drop",) if stateful else ()
+    tail = {d: tuple(f"jump sg-{token(g.id)}-{d}" for g in groups) + ("drop",) for d in Direction}
+    egress = (*ct_in, "meta nfproto ipv4 udp sport 68 udp dport 67 accept",
+              "meta nfproto ipv6 udp sport 546 udp dport 547 accept", f"icmpv6 type {ND_EGRESS} accept",
+              *invalid, *tail[Direction.EGRESS])
+    ingress = (*ct_in, "meta nfproto ipv4 udp sport 67 udp dport 68 accept",
+               "meta nfproto ipv6 udp sport 547 udp dport 546 accept",
+               f"icmpv6 type {ND_INGRESS} accept", *invalid, *tail[Direction.INGRESS])
+    t = token(p.spec.id)
+    return NftChain(f"port-{t}-egress", egress), NftChain(f"port-{t}-ingress", ingress)
+
+
+def _inet_table(snap: Snapshot, ports: list[_Port], marks: dict[str, int], ids: tuple[PortId, ...],
+                problems: list[str]) -> NftTable:
+    used = sorted({g for p in ports for g in p.spec.security_groups})
+    groups = {g: snap.security_groups.get(g) or SecurityGroupSpec(g) for g in used}
+    for g in used:
+        if g not in snap.security_groups:
+            problems.append(f"security group {g} is not in the snapshot: its ports allow nothing through it")
+    group_chains = [c for g in used for c in _group_chains(groups[g], problems)]
+    remotes = sorted({r.remote_group_id for g in used for r in groups[g].rules
+                      if r.remote_group_id is not None and _inert(r) is None}, key=str)
+    port_chains: list[NftChain] = []
+    for p in ports:
+        mine = [groups[g] for g in sorted(set(p.spec.security_groups))]
+        stateful = not mine or any(g.stateful for g in mine)
+        if stateful and any(not g.stateful for g in mine):
+            problems.append(f"port {p.spec.id} mixes stateful and stateless security groups: filtered statefully")
+        port_chains += _port_chains(p, mine, stateful)
+    zones = allocate((bridge_name(p.spec.network_id) for p in ports), 16)
+    remote_sets = []
+    for g in remotes:
+        members = snap.security_groups[g].members if g in snap.security_groups else ()
+        for v in (4, 6):
+            remote_sets.append(NftSet(remote_set(g, v), (f"type ipv{v}_addr", "flags interval"),
+                                      tuple(_addr(n) for n in _collapsed(members, v))))
+    sets = (
+        NftSet("zones", ("typeof iifname : ct zone",),
+               tuple(sorted(f'"{b}" : {z}' for b, z in zones.items())), "map"),
+        NftSet("egress-ports", ("type mark : verdict",), tuple(sorted(
+            f"0x{EGRESS_BIT | marks[p.spec.id]:08x} : jump port-{token(p.spec.id)}-egress" for p in ports)), "map"),
+        NftSet("ingress-ports", ("type mark : verdict",), tuple(sorted(
+            f"0x{marks[p.spec.id]:08x} : jump port-{token(p.spec.id)}-ingress" for p in ports)), "map"),
+        *remote_sets,
+    )
+    chains = (
+        NftChain("zone", ("ct zone set iifname map @zones",),
+                 "type filter hook prerouting priority raw; policy accept;"),
+        NftChain("egress", ("meta mark vmap @egress-ports",),
+                 "type filter hook prerouting priority filter; policy accept;"),
+        NftChain("ingress", ("meta mark vmap @ingress-ports",),
+                 "type filter hook forward priority filter; policy accept;"),
+        *port_chains,
+        *group_chains,
+    )
+    return structured(None, "inet", sets, chains, ids)
