@@ -52,7 +52,7 @@ def test_host_failing_after_an_agent_started_undoes_everything(nothing_left_behi
     monkeypatch.setattr(Underlay, "add_host", add_host)
     with pytest.raises(RuntimeError, match="forced by the test"), open_lab(tmp_path):
         pytest.fail("the lab cannot have been made")
-    assert sorted(made) == [f"{PREFIXES[-1]}-h1", f"{PREFIXES[-1]}-ul"]
+    assert sorted(made) == [f"{PREFIXES[-1]}-h1", f"{PREFIXES[-1]}-ul", f"{PREFIXES[-1]}-upstream"]
     assert left_by(PREFIXES[-1], tmp_path) == ([], [])
 
 
