@@ -9,6 +9,7 @@ import faulthandler
 import json
 import os
 import signal
+import subprocess
 import sys
 import traceback
 from collections.abc import Iterator
@@ -57,6 +58,36 @@ def _global_options(*, top: bool) -> argparse.ArgumentParser:
 def _format_option(p: argparse.ArgumentParser, *choices: str) -> None:
     p.add_argument("--format", choices=choices, default=choices[0],
                    help=f"output format: {' or '.join(choices)} (default {choices[0]})")
+
+
+def _lab_parser(lab: argparse.ArgumentParser, common: list[argparse.ArgumentParser]) -> None:
+    lsub = lab.add_subparsers(dest="action", metavar="ACTION", required=True)
+    lu = lsub.add_parser("up", parents=common, help="start the lab (or what is missing of it); idempotent",
+                         description="Start the server and hosts host1..hostN with an agent each; returns once "
+                                     "every agent is alive. Run again: makes only what is missing; a larger N "
+                                     "grows the lab, stopped hosts start again.")
+    lu.add_argument("--hosts", type=int, metavar="N", help="number of hosts (default: as many as the lab has, "
+                                                           "else 2)")
+    lu.add_argument("--port", type=int, help="the server's port on 127.0.0.1 (default 9696; api.port)")
+    lu.add_argument("--clouds-yaml", metavar="PATH",
+                    help="where to write the 'neutrino' cloud (admin) (default ~/.config/openstack/clouds.yaml; "
+                         "'' to skip)")
+    lsub.add_parser("down", parents=common, help="remove everything the lab made",
+                    description="Kill everything in the lab's namespaces, remove them, stop its server, and remove "
+                                "its database and hosts' state (logs stay).")
+    lh = lsub.add_parser("host", parents=common, help="stop (a power cut) or start a lab host")
+    hsub = lh.add_subparsers(dest="host_action", metavar="ACTION", required=True)
+    hsub.add_parser("stop", parents=common, help="power cut: the host's agent and everything in it stop",
+                    description="Every process in the host is killed and its namespace removed: it forwards and "
+                                "answers nothing until `lab host start`.").add_argument("name")
+    hsub.add_parser("start", parents=common, help="make the host again and start its agent",
+                    description="The host comes back with the same name, address and state; returns once its "
+                                "agents are alive.").add_argument("name")
+    le = lsub.add_parser("exec", parents=common, help="run a command inside a host: lab exec host1 -- ip -4 addr",
+                         description="Run COMMAND inside a lab host (or the 'upstream' namespace); exits with its "
+                                     "exit status.")
+    le.add_argument("name", help="host1..hostN, or upstream")
+    le.add_argument("argv", nargs=argparse.REMAINDER, metavar="-- COMMAND")
 
 
 def parser() -> argparse.ArgumentParser:
@@ -110,6 +141,8 @@ def parser() -> argparse.ArgumentParser:
     ic.add_argument("--fixed-ip", action="append", metavar="IP", help="ask for this address (repeatable)")
     ic.add_argument("--wait", type=float, default=30.0, metavar="SECONDS",
                     help="seconds to wait for the DHCP address (0: no wait; default %(default)s)")
+    ic.add_argument("--host", dest="lab_host", metavar="NAME",
+                    help="in a multi-host lab (`neutrino lab up`): the lab host to place it on (host1, ...)")
     il = isub.add_parser("list", parents=common, help="list this host's instances and their live addresses")
     _format_option(il, "table", "json")
     ie = isub.add_parser("exec", parents=common,
@@ -117,12 +150,21 @@ def parser() -> argparse.ArgumentParser:
                          description="Run COMMAND in the instance's namespace; exits with its exit status.")
     ie.add_argument("name")
     ie.add_argument("argv", nargs=argparse.REMAINDER, metavar="-- COMMAND")
+    # Not listed: `lab host start` brings a host's instances back with it.
+    isub.add_parser("boot", parents=common).add_argument("names", nargs="*", metavar="NAME")
     idel = isub.add_parser("delete", parents=common, help="delete an instance and its port")
     idel.add_argument("name")
     isub.add_parser("sweep", parents=common, help="remove lab taps and namespaces of this neutrino no instance owns",
                     description="Lab taps and lab-* namespaces carry this neutrino's mark (owner id in the state "
                                 "dir, creator 'lab'); those no instance record names are removed. Another "
                                 "neutrino's, and anything unmarked, are left alone. Needs root; no server.")
+
+    _lab_parser(command("lab", help="a multi-host lab on this machine: a server and hosts made of namespaces",
+                        description="A server on 127.0.0.1:PORT and hosts host1..hostN, each a network + mount "
+                                    "namespace with its own `neutrino agent`, VXLAN between them over an underlay, "
+                                    "and a shared flat segment (physnet 'public' on every host's eth1) with an "
+                                    "'upstream' namespace at 172.24.4.1/24. Its processes outlive the command; "
+                                    "the state dir describes it. Needs root."), common)
 
     command("cleanup",
             help="remove what this host's agent made (bridges, VXLAN, qdhcp namespaces, dnsmasq, instances)",
@@ -150,6 +192,7 @@ def parser() -> argparse.ArgumentParser:
 def parse(argv: list[str] | None = None) -> argparse.Namespace:
     """Parsed arguments; a global option given nowhere is None (False for --debug)."""
     args = parser().parse_args(argv)
+    args.raw_argv = list(sys.argv[1:] if argv is None else argv)
     for name in GLOBAL_OPTIONS:
         if not hasattr(args, name):
             setattr(args, name, False if name == "debug" else None)
@@ -376,8 +419,10 @@ def table(rows: list[dict[str, Any]], columns: list[str]) -> str:
 
 
 def cmd_instance(args: argparse.Namespace, cfg: config.Config) -> int:
-    from neutrino.lab import lifecycle
+    from neutrino.lab import lifecycle, multihost
 
+    if getattr(args, "lab_host", None) or multihost.is_lab(cfg):
+        return lab_instance(args, cfg)
     inst = lifecycle.instances(cfg)
     if args.action == "create":
         spec = asyncio.run(lifecycle.create(cfg, args.name, args.network, args.fixed_ip or [], args.wait))
@@ -397,6 +442,9 @@ def cmd_instance(args: argparse.Namespace, cfg: config.Config) -> int:
         if not argv:
             raise NeutrinoError("no command given: neutrino instance exec NAME -- COMMAND [ARG...]")
         return inst.exec(args.name, argv).returncode
+    elif args.action == "boot":
+        for spec in asyncio.run(lifecycle.boot(cfg, args.names)):
+            print(f"instance {spec.name}: back with port {spec.port_id}, {', '.join(inst.address(spec.name)) or '-'}")
     elif args.action == "delete":
         spec = asyncio.run(lifecycle.delete(cfg, args.name))
         print(f"instance {spec.name} deleted (port {spec.port_id})")
@@ -404,6 +452,101 @@ def cmd_instance(args: argparse.Namespace, cfg: config.Config) -> int:
         gone = inst.sweep()
         print(f"swept {len(gone)} orphaned lab objects of owner {inst.owner}" + "".join(f"\n  {g}" for g in gone))
     return 0
+
+
+def _lab_config(args: argparse.Namespace, cfg: config.Config) -> config.Config:
+    """Later lab commands read the configuration file `lab up` was given, unless given one themselves."""
+    from neutrino.lab import multihost
+
+    rec = multihost.load(multihost.lab_dir(cfg))
+    if rec is not None and rec.config and not args.config:
+        args.config = rec.config
+        return _load(args)
+    return cfg
+
+
+def cmd_lab(args: argparse.Namespace, cfg: config.Config) -> int:
+    from neutrino.lab import multihost
+
+    def say(line: str) -> None:
+        print(line, flush=True)
+
+    if args.action == "up":
+        multihost.up(cfg, args.hosts, args.port, args.clouds_yaml, args.config, say)
+        return 0
+    cfg = _lab_config(args, cfg)
+    if args.action == "down":
+        multihost.down(cfg, say)
+    elif args.action == "exec":
+        argv = args.argv[1:] if args.argv[:1] == ["--"] else args.argv
+        return multihost.run(cfg, args.name, argv)
+    elif args.host_action == "stop":
+        multihost.host_stop(cfg, args.name)
+        say(f"host {args.name} stopped (power cut)")
+    else:
+        was_stopped = multihost.host_start(cfg, args.name)
+        say(f"host {args.name} {'started' if was_stopped else 'was running'}; its agents are alive")
+    return 0
+
+
+def lab_instance(args: argparse.Namespace, cfg: config.Config) -> int:
+    """``instance …`` in a multi-host lab's state dir: done inside the lab host that has (or gets) the
+    instance, by the same command run there as that host's own tool."""
+    from neutrino.lab import multihost
+
+    cfg = _lab_config(args, cfg)
+    rec = multihost.require(cfg)
+    if args.action == "create":
+        if not args.lab_host:
+            raise NeutrinoError(f"this state dir is a multi-host lab: say where with --host "
+                                f"({', '.join(rec.hosts)})")
+        other = multihost.instance_host(cfg, rec, args.name)
+        if other is not None:
+            raise NeutrinoError(f"instance {args.name} exists (on {other})")
+        forwarded = multihost.strip_options(args.raw_argv, ("--host", "--state-dir", "--config"))
+        return multihost.in_host(cfg, rec, args.lab_host, forwarded).returncode
+    if args.action == "boot":
+        raise NeutrinoError("instance boot runs inside a lab host (`neutrino lab host start` does it)")
+    if args.action in ("list", "sweep"):
+        rows: list[dict[str, Any]] = []
+        for host in rec.hosts:
+            try:
+                multihost.running_host(cfg, rec, host)
+            except NeutrinoError:
+                rows += [{"host": f"{host} (stopped)", "name": r.get("name"), "port_id": r.get("port_id"),
+                          "network_id": r.get("network_id"), "addresses": r.get("addresses"),
+                          "config": "dhcp" if r.get("dhcp") else "static", "live_addresses": []}
+                         for r in multihost.instance_records(cfg, rec, host)]
+                continue
+            if args.action == "sweep":
+                multihost.in_host(cfg, rec, host, ["instance", "sweep"])
+                continue
+            done = multihost.in_host(cfg, rec, host, ["instance", "list", "--format", "json"], capture_output=True)
+            if done.returncode != 0:
+                raise NeutrinoError(f"instance list on {host}: {done.stderr.strip()}")
+            rows += [{"host": host, **r} for r in json.loads(done.stdout)]
+        if args.action == "list":
+            print(json.dumps(rows, indent=2) if args.format == "json" else
+                  table(rows, ["host", "name", "port_id", "addresses", "config", "live_addresses"]))
+        return 0
+    found = multihost.instance_host(cfg, rec, args.name)
+    if found is None:
+        raise NeutrinoError(f"instance {args.name} not found on any lab host (see `neutrino instance list`)")
+    host = found
+    if args.action == "exec":
+        argv = args.argv[1:] if args.argv[:1] == ["--"] else args.argv
+        if not argv:
+            raise NeutrinoError("no command given: neutrino instance exec NAME -- COMMAND [ARG...]")
+        where = multihost.running_host(cfg, rec, host)
+        return subprocess.run([*where.enter(), "ip", "netns", "exec", f"lab-{args.name}", *argv],
+                              check=False).returncode
+    try:  # delete
+        multihost.running_host(cfg, rec, host)
+    except NeutrinoError:  # its kernel side went with the host: the port and the record remain
+        port_id = multihost.forget_instance(cfg, rec, host, args.name)
+        print(f"instance {args.name} deleted (port {port_id}; its host {host} is stopped)")
+        return 0
+    return multihost.in_host(cfg, rec, host, ["instance", "delete", args.name]).returncode
 
 
 def _display_url(url: str) -> str:
@@ -458,6 +601,8 @@ def run(args: argparse.Namespace) -> int:
         return cmd_up(args, cfg, with_agent=False)
     if args.command == "instance":
         return cmd_instance(args, cfg)
+    if args.command == "lab":
+        return cmd_lab(args, cfg)
     if args.command == "agent":
         return cmd_agent(cfg)
     if args.command == "status":

@@ -95,6 +95,37 @@ async def _create(api: Client, inst: Instances, cfg: Config, name: str, network:
     return spec
 
 
+async def boot(cfg: Config, names: list[str]) -> list[InstanceSpec]:
+    """Bring back instances whose kernel side is gone but whose record and port remain (their host lost
+    power: ``neutrino lab host start``): the same port, MAC and addresses, a new namespace, tap and DHCP
+    client, as a hypervisor restarts its VMs. Default: every instance of this state dir; one that runs
+    is left alone. The instances brought back."""
+    from neutrino.dataplane import netlink as nl
+
+    inst = instances(cfg)
+    specs = [inst.load(check_name(n)) for n in names] if names else inst.all()
+    missing = [n for n, s in zip(names, specs, strict=True) if s is None] if names else []
+    if missing:
+        raise NeutrinoError(f"instance {', '.join(missing)} not found")
+    present = set(await asyncio.to_thread(nl.list_namespaces))
+    booted = [s for s in specs if s is not None and s.namespace not in present]
+    for spec in booted:
+        await asyncio.to_thread(inst.create, spec)
+    async with for_config(cfg) as api:
+        for spec in booted:
+            if spec.dhcp or spec.dhcp6:
+                await _wait_active(api, spec.port_id, 10.0)
+            if spec.dhcp:
+                await asyncio.to_thread(inst.start_dhcp, spec)
+            if spec.dhcp6:
+                await asyncio.to_thread(inst.start_dhcp, spec, 6)
+    for spec in booted:
+        v4 = [a.split("/")[0] for a in spec.addresses if ipaddress.ip_interface(a).version == 4]
+        if spec.dhcp and v4:
+            await asyncio.to_thread(inst.wait_for_address, spec.name, v4[0], 30.0)
+    return booted
+
+
 async def _wait_active(api: Client, port_id: str, timeout: float) -> None:
     """The agent plugs the tap and reports the port ACTIVE; DHCP before that would shout into the void."""
     loop = asyncio.get_running_loop()
