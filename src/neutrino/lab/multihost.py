@@ -49,6 +49,7 @@ LAB_FILE = "lab.json"
 SOCKET = "neutrino.sock"
 UPSTREAM = "upstream"
 DEFAULT_HOSTS = 2
+MAX_HOSTS = 250  # host N is 198.18.0.N on the underlay
 SERVER_TIMEOUT = 30.0
 AGENTS_TIMEOUT = 50.0
 
@@ -326,6 +327,8 @@ def _ensure_agent(cfg: Config, d: Path, rec: LabRecord, host: Host) -> bool:
 def up(cfg: Config, hosts: int | None, port: int | None, clouds_yaml: str | None, config: str | None,
        say: Say) -> LabRecord:
     d = lab_dir(cfg)
+    if hosts is not None and not 1 <= hosts <= MAX_HOSTS:
+        raise NeutrinoError(f"--hosts must be between 1 and {MAX_HOSTS}, not {hosts}")
     with _locked(d):
         rec = load(d)
         if rec is None:
@@ -465,6 +468,9 @@ def down(cfg: Config, say: Say) -> None:
         rec = load(d)
         prefix = rec.prefix if rec is not None else prefix_for(d)
         namespaces = _namespaces(prefix)
+        if rec is None and not namespaces:  # not a lab (or one gone already): nothing here is the lab's
+            say(f"no lab in {d}")
+            return
         ul = Underlay(prefix)
         hosts = [n for n in namespaces if n not in (ul.namespace, ul.upstream)]
         for ns in [*hosts, ul.upstream, ul.namespace]:
@@ -481,9 +487,6 @@ def down(cfg: Config, say: Say) -> None:
                 server = Process.of(int((d / "neutrino.pid").read_text().split()[0]))
         if _ours(server, "server") and server is not None and str(d) in " ".join(server.cmdline()):
             server.stop(10)
-        if rec is None and not namespaces:
-            say(f"no lab in {d}")
-            return
         for owner in sorted((d / "hosts").glob("*/owner-id")):
             shutil.rmtree(RUN_ROOT / owner.read_text().strip(), ignore_errors=True)
         shutil.rmtree(d / "hosts", ignore_errors=True)
