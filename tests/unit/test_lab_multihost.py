@@ -6,7 +6,9 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from neutrino.cli import parse
+import pytest
+
+from neutrino.cli import main, parse
 from neutrino.hosts import Process
 from neutrino.lab.multihost import HostRecord, LabRecord, prefix_for, strip_options
 
@@ -40,3 +42,16 @@ def test_lab_commands_take_the_state_dir_after_their_words() -> None:
     assert (args.name, args.argv) == ("upstream", ["ip", "-4", "addr"])
     args = parse(["instance", "create", "--host", "host3", "--network", "demo", "vm1"])
     assert args.lab_host == "host3"
+
+
+def test_a_state_dir_of_another_neutrino_is_not_the_labs(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    (tmp_path / "neutrino.db").write_text("not the lab's")
+    assert main(["lab", "up", "--hosts", "2", "--state-dir", str(tmp_path), "--clouds-yaml", ""]) == 1
+    assert "not a lab" in capsys.readouterr().err
+    assert main(["lab", "down", "--state-dir", str(tmp_path)]) == 0
+    assert "no lab in" in capsys.readouterr().out
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["neutrino.db"]
+    assert main(["lab", "host", "stop", "host1", "--state-dir", str(tmp_path)]) == 1
+    assert "no lab in" in capsys.readouterr().err
+    assert main(["lab", "up", "--hosts", "0", "--state-dir", str(tmp_path)]) == 1
+    assert "between 1 and" in capsys.readouterr().err

@@ -329,6 +329,8 @@ def up(cfg: Config, hosts: int | None, port: int | None, clouds_yaml: str | None
     d = lab_dir(cfg)
     if hosts is not None and not 1 <= hosts <= MAX_HOSTS:
         raise NeutrinoError(f"--hosts must be between 1 and {MAX_HOSTS}, not {hosts}")
+    if not (d / LAB_FILE).exists():
+        _refuse_foreign(d)  # before the lock file is made in what may be another neutrino's state dir
     with _locked(d):
         rec = load(d)
         if rec is None:
@@ -409,6 +411,7 @@ def host_stop(cfg: Config, name: str) -> None:
     """A power cut: every process in the host (its agent, dnsmasq, instances' clients) is killed and its
     namespaces go with their links; the server learns it only by the missing heartbeats."""
     d = lab_dir(cfg)
+    require(cfg)
     with _locked(d):
         rec = require(cfg)
         host = _host(rec, name)
@@ -422,6 +425,7 @@ def host_start(cfg: Config, name: str) -> bool:
     """The host made again (same name, address, state directory) and its agent started; returns once its
     agents are alive. Whether it was stopped."""
     d = lab_dir(cfg)
+    require(cfg)
     with _locked(d):
         rec = require(cfg)
         _host(rec, name)
@@ -461,8 +465,8 @@ def down(cfg: Config, say: Say) -> None:
     from neutrino.dataplane.daemons import RUN_ROOT
 
     d = lab_dir(cfg)
-    if not d.exists():
-        say(f"no lab in {d}")
+    if not (d / LAB_FILE).exists() and not _namespaces(prefix_for(d)):
+        say(f"no lab in {d}")  # and no lock file left in what may be another neutrino's state dir
         return
     with _locked(d):
         rec = load(d)
