@@ -81,7 +81,7 @@ class FakeNft:
         self.scripts.append(script)
         for line in script.splitlines():
             words = line.split()
-            if words[:1] == ["delete"]:
+            if words[:2] == ["delete", "table"]:
                 self.store.pop((ns, words[2], words[3]), None)
             elif words[:1] == ["table"] and line.endswith("{"):
                 self.store[(ns, words[1], words[2])] = script.split("{", 1)[1]
@@ -91,6 +91,9 @@ class FakeNft:
 
     def tables(self, ns: str | None) -> set[tuple[str, str]]:
         return {(f, n) for (s, f, n) in self.store if s == ns}
+
+    def generation(self, ns: str | None) -> int | None:
+        return None  # unknown: the plane lists its tables to see changes
 
 
 BODY = "chain forward {\n\ttype filter hook forward priority 0; policy accept;\n}\n"

@@ -203,13 +203,14 @@ def test_inert_rules_are_left_out_and_said() -> None:
 
 def test_port_chains_stateful_stateless_and_missing_groups() -> None:
     inet = tables(snapshot())["inet"]
-    web_in = chain(inet, f"port-{P1}-ingress")
-    assert web_in[0] == "ct state established,related accept" and "ct state invalid drop" in web_in
-    assert web_in[-2:] == ("jump sg-aaaaaaaa-0000-0000-0000-000000000001-ingress", "drop")
-    assert "meta nfproto ipv4 udp sport 67 udp dport 68 accept" in web_in  # DHCP replies always reach it
-    raw_out = chain(inet, f"port-{P4}-egress")
-    assert not any(r.startswith("ct ") for r in raw_out)  # stateless: explicit rules both ways
-    assert raw_out[-2:] == ("jump sg-cccccccc-0000-0000-0000-000000000003-egress", "drop")
+    assert chain(inet, f"port-{P1}-ingress") == (
+        "jump stateful-ingress", "jump sg-aaaaaaaa-0000-0000-0000-000000000001-ingress", "drop")
+    stateful = chain(inet, "stateful-ingress")
+    assert stateful[0] == "ct state established,related accept" and stateful[-1] == "ct state invalid drop"
+    assert "meta nfproto ipv4 udp sport 67 udp dport 68 accept" in stateful  # DHCP replies always reach it
+    assert chain(inet, f"port-{P4}-egress") == (  # stateless: explicit rules both ways, no conntrack
+        "jump stateless-egress", "jump sg-cccccccc-0000-0000-0000-000000000003-egress", "drop")
+    assert not any(r.startswith("ct ") for r in chain(inet, "stateless-egress"))
     assert elements(inet, "ingress-ports") and all(" : jump port-" in e for e in elements(inet, "ingress-ports"))
     snap = snapshot()
     lost = dataclasses.replace(snap, security_groups={k: v for k, v in snap.security_groups.items() if k != DB})
@@ -221,7 +222,7 @@ def test_port_chains_stateful_stateless_and_missing_groups() -> None:
                                                                                   security_groups=(RAW, DB))})
     c = compile_secgroups(mixed, "h1")
     assert any("mixes stateful and stateless" in p for p in c.problems)
-    assert chain(next(t for t in c.tables if t.family == "inet"), f"port-{P4}-egress")[0].startswith("ct state")
+    assert chain(next(t for t in c.tables if t.family == "inet"), f"port-{P4}-egress")[0] == "jump stateful-egress"
 
 
 def test_same_snapshot_in_any_order_compiles_to_the_same_bytes() -> None:

@@ -35,6 +35,7 @@ port id (egress: the top bit set), zones 16-bit hashes of the network id, both s
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import ipaddress
 import re
@@ -118,7 +119,9 @@ def filtered_ports(snap: Snapshot, host: str) -> list[PortSpec]:
 
 
 def _net(addr: ipaddress.IPv4Address | ipaddress.IPv6Address) -> IPNetwork:
-    return ipaddress.ip_network(addr)
+    if isinstance(addr, ipaddress.IPv4Address):
+        return ipaddress.IPv4Network((int(addr), 32))
+    return ipaddress.IPv6Network((int(addr), 128))
 
 
 def _addr(net: IPNetwork) -> str:
@@ -132,51 +135,70 @@ def _nd_target(net: ipaddress.IPv6Network) -> str:
 
 @dataclass(frozen=True, slots=True)
 class _Port:
+    """One filtered port's part of the bridge table (its set elements), compiled once per PortSpec."""
     spec: PortSpec
     tap: str
-    bindings: tuple[tuple[str, IPNetwork], ...]   # (MAC, network) the port may send from
     macs: tuple[str, ...]
+    ipv4: tuple[str, ...]
+    ipv6: tuple[str, ...]
+    nd: tuple[str, ...]
+    problems: tuple[str, ...]
 
 
-def _port_addresses(port: PortSpec, problems: list[str]) -> _Port | None:
+@functools.lru_cache(maxsize=65536)
+def _port_addresses(port: PortSpec) -> _Port | None:
+    """The port's MACs and the addresses each may send from (fixed IPs, address pairs, a link-local address
+    per MAC) as set elements; None (said in ``problems`` of compile_secgroups) when it cannot be filtered.
+    Cached: a snapshot of 1,000 ports recompiles only the ports that changed."""
     tap = tap_name(port.id)
     mac = port.mac_address.lower()
     if not TOKEN.fullmatch(tap) or not MAC.fullmatch(mac):
-        problems.append(f"port {port.id}: device name or MAC address unusable, not filtered here")
         return None
-    pairs: set[tuple[str, IPNetwork]] = {(mac, _net(f.ip_address)) for f in port.fixed_ips}
+    problems = []
+    by_mac: dict[str, set[IPNetwork]] = {mac: {_net(f.ip_address) for f in port.fixed_ips}}
     for pair in port.allowed_address_pairs:
         pmac = pair.mac_address.lower()
         if MAC.fullmatch(pmac):
-            pairs.add((pmac, pair.ip_address))
+            by_mac.setdefault(pmac, set()).add(pair.ip_address)
         else:
             problems.append(f"port {port.id}: address pair {pair.ip_address} with unusable MAC ignored")
-    macs = sorted({mac} | {m for m, _ in pairs})
-    pairs |= {(m, _net(link_local(m))) for m in macs}
-    return _Port(port, tap, tuple(sorted(pairs, key=lambda x: (x[0], x[1].version, int(x[1].network_address),
-                                                               x[1].prefixlen))), tuple(macs))
+    for m, nets in by_mac.items():
+        nets.add(_net(link_local(m)))
+    ipv4 = tuple(f'"{tap}" . {m} . {_addr(n)}' for m, nets in sorted(by_mac.items()) for n in _collapsed(nets, 4))
+    ipv6 = tuple(f'"{tap}" . {m} . {_addr(n)}' for m, nets in sorted(by_mac.items()) for n in _collapsed(nets, 6))
+    nd = tuple(f'"{tap}" . {_nd_target(n)}' for n in _collapsed({n for nets in by_mac.values() for n in nets}, 6)
+               if isinstance(n, ipaddress.IPv6Network))
+    return _Port(port, tap, tuple(sorted(by_mac)), ipv4, ipv6, nd, tuple(problems))
 
 
 def _collapsed(nets: Iterable[IPNetwork], version: int) -> list[IPNetwork]:
     """The networks of one version, merged where they overlap or touch (an interval set refuses
     overlapping elements), in address order."""
+    chosen = [n for n in nets if n.version == version]
+    if all(n.prefixlen == n.max_prefixlen for n in chosen):  # single addresses (the usual case): no merging
+        return sorted(set(chosen), key=lambda n: int(n.network_address))
     out: list[IPNetwork] = []
     if version == 4:
-        out += ipaddress.collapse_addresses(n for n in nets if isinstance(n, ipaddress.IPv4Network))
+        out += ipaddress.collapse_addresses(n for n in chosen if isinstance(n, ipaddress.IPv4Network))
     else:
-        out += ipaddress.collapse_addresses(n for n in nets if isinstance(n, ipaddress.IPv6Network))
+        out += ipaddress.collapse_addresses(n for n in chosen if isinstance(n, ipaddress.IPv6Network))
     return sorted(out, key=lambda n: int(n.network_address))
 
 
 def compile_secgroups(snap: Snapshot, host: str) -> CompiledSecurity:
     problems: list[str] = []
     ports: list[_Port] = []
+    taps: set[str] = set()
     for spec in filtered_ports(snap, host):
-        port = _port_addresses(spec, problems)
-        if port is not None and any(p.tap == port.tap for p in ports):
+        port = _port_addresses(spec)
+        if port is None:
+            problems.append(f"port {spec.id}: device name or MAC address unusable, not filtered here")
+        elif port.tap in taps:
             problems.append(f"port {spec.id}: device name {port.tap} taken by another port, not filtered here")
-        elif port is not None:
+        else:
+            problems += port.problems
             ports.append(port)
+            taps.add(port.tap)
     if not ports:
         return CompiledSecurity((), (), (), tuple(problems))
     ids = tuple(p.spec.id for p in ports)
@@ -190,16 +212,9 @@ def compile_secgroups(snap: Snapshot, host: str) -> CompiledSecurity:
 # -- the bridge table: marks and anti-spoofing ---------------------------------------------------------------
 
 def _bridge_table(ports: list[_Port], marks: dict[str, int], ids: tuple[PortId, ...]) -> NftTable:
-    ipv4, ipv6, nd = [], [], []
-    for p in ports:
-        by_mac: dict[str, list[IPNetwork]] = {}
-        for mac, net in p.bindings:
-            by_mac.setdefault(mac, []).append(net)
-        for mac, nets in sorted(by_mac.items()):
-            ipv4 += [f'"{p.tap}" . {mac} . {_addr(n)}' for n in _collapsed(nets, 4)]
-            ipv6 += [f'"{p.tap}" . {mac} . {_addr(n)}' for n in _collapsed(nets, 6)]
-        nd += [f'"{p.tap}" . {_nd_target(n)}' for n in _collapsed((n for _, n in p.bindings), 6)
-               if isinstance(n, ipaddress.IPv6Network)]
+    ipv4 = [e for p in ports for e in p.ipv4]
+    ipv6 = [e for p in ports for e in p.ipv6]
+    nd = [e for p in ports for e in p.nd]
     sets = (
         NftSet("ports", ("type ifname",), tuple(sorted(f'"{p.tap}"' for p in ports))),
         NftSet("egress-marks", ("type ifname : mark",),
@@ -301,58 +316,82 @@ def remote_set(group: SecurityGroupId, version: int) -> str:
     return f"sg-{token(group)}-ipv{version}"
 
 
-def _group_chains(group: SecurityGroupSpec, problems: list[str]) -> tuple[NftChain, NftChain]:
+@dataclass(frozen=True, slots=True)
+class _Group:
+    chains: tuple[NftChain, NftChain]        # ingress, egress
+    remotes: tuple[SecurityGroupId, ...]     # remote groups its rules name
+    problems: tuple[str, ...]
+
+
+@functools.lru_cache(maxsize=65536)
+def _group(group: SecurityGroupSpec) -> _Group:
+    """A group's two chains (its rules, each an accept), compiled once per SecurityGroupSpec."""
     rules: dict[Direction, list[str]] = {Direction.INGRESS: [], Direction.EGRESS: []}
+    problems, remotes = [], set()
     for rule in sorted(group.rules, key=lambda r: r.id):
         why = _inert(rule)
         if why is not None:
             problems.append(f"security group {group.id} rule {rule.id}: {why}, ignored")
             continue
         rules[rule.direction].append(render_rule(rule))
+        if rule.remote_group_id is not None:
+            remotes.add(rule.remote_group_id)
     # Rules that render the same are one rule (the API refuses duplicates; ids differ on identical rules).
     name = f"sg-{token(group.id)}"
-    return (NftChain(f"{name}-ingress", tuple(dict.fromkeys(rules[Direction.INGRESS]))),
-            NftChain(f"{name}-egress", tuple(dict.fromkeys(rules[Direction.EGRESS]))))
+    chains = (NftChain(f"{name}-ingress", tuple(dict.fromkeys(rules[Direction.INGRESS]))),
+              NftChain(f"{name}-egress", tuple(dict.fromkeys(rules[Direction.EGRESS]))))
+    return _Group(chains, tuple(sorted(remotes)), tuple(problems))
 
 
-def _port_chains(p: _Port, groups: list[SecurityGroupSpec], stateful: bool) -> tuple[NftChain, NftChain]:
-    ct_in = ("ct state established,related accept",) if stateful else ()
-    invalid = ("ct state invalid drop",) if stateful else ()
-    tail = {d: tuple(f"jump sg-{token(g.id)}-{d}" for g in groups) + ("drop",) for d in Direction}
-    egress = (*ct_in, "meta nfproto ipv4 udp sport 68 udp dport 67 accept",
-              "meta nfproto ipv6 udp sport 546 udp dport 547 accept", f"icmpv6 type {ND_EGRESS} accept",
-              *invalid, *tail[Direction.EGRESS])
-    ingress = (*ct_in, "meta nfproto ipv4 udp sport 67 udp dport 68 accept",
-               "meta nfproto ipv6 udp sport 547 udp dport 546 accept",
-               f"icmpv6 type {ND_INGRESS} accept", *invalid, *tail[Direction.INGRESS])
+@functools.lru_cache(maxsize=65536)
+def _remote_sets(group: SecurityGroupId, members: tuple[IPNetwork, ...]) -> tuple[NftSet, NftSet]:
+    return tuple(NftSet(remote_set(group, v), (f"type ipv{v}_addr", "flags interval"),  # type: ignore[return-value]
+                        tuple(_addr(n) for n in _collapsed(members, v))) for v in (4, 6))
+
+
+# The rules every filtered port has before its groups' (shared chains): for stateful ports replies of
+# accepted connections pass and invalid packets do not; DHCP/DHCPv6 and neighbour discovery as Neutron
+# always allows them.
+IMPLICIT = {
+    Direction.EGRESS: ("meta nfproto ipv4 udp sport 68 udp dport 67 accept",
+                       "meta nfproto ipv6 udp sport 546 udp dport 547 accept", f"icmpv6 type {ND_EGRESS} accept"),
+    Direction.INGRESS: ("meta nfproto ipv4 udp sport 67 udp dport 68 accept",
+                        "meta nfproto ipv6 udp sport 547 udp dport 546 accept", f"icmpv6 type {ND_INGRESS} accept"),
+}
+SHARED_CHAINS = tuple(
+    NftChain(f"{kind}-{d}", (("ct state established,related accept",) if kind == "stateful" else ())
+             + IMPLICIT[d] + (("ct state invalid drop",) if kind == "stateful" else ()))
+    for kind in ("stateful", "stateless") for d in (Direction.INGRESS, Direction.EGRESS))
+
+
+def _port_chains(p: _Port, groups: list[SecurityGroupId], stateful: bool) -> tuple[NftChain, NftChain]:
+    kind = "stateful" if stateful else "stateless"
     t = token(p.spec.id)
-    return NftChain(f"port-{t}-egress", egress), NftChain(f"port-{t}-ingress", ingress)
+    return tuple(NftChain(f"port-{t}-{d}", (f"jump {kind}-{d}", *(f"jump sg-{token(g)}-{d}" for g in groups), "drop"))
+                 for d in (Direction.EGRESS, Direction.INGRESS))  # type: ignore[return-value]
 
 
 def _inet_table(snap: Snapshot, ports: list[_Port], marks: dict[str, int], ids: tuple[PortId, ...],
                 problems: list[str]) -> NftTable:
     used = sorted({g for p in ports for g in p.spec.security_groups})
-    groups = {g: snap.security_groups.get(g) or SecurityGroupSpec(g) for g in used}
+    compiled: dict[SecurityGroupId, _Group] = {}
     for g in used:
-        if g not in snap.security_groups:
+        spec = snap.security_groups.get(g)
+        if spec is None:
             problems.append(f"security group {g} is not in the snapshot: its ports allow nothing through it")
-    group_chains = [c for g in used for c in _group_chains(groups[g], problems)]
-    remotes = sorted({r.remote_group_id for g in used for r in groups[g].rules
-                      if r.remote_group_id is not None and _inert(r) is None}, key=str)
+        compiled[g] = _group(spec or SecurityGroupSpec(g))
+        problems += compiled[g].problems
+    remotes = sorted({r for c in compiled.values() for r in c.remotes})
     port_chains: list[NftChain] = []
     for p in ports:
-        mine = [groups[g] for g in sorted(set(p.spec.security_groups))]
-        stateful = not mine or any(g.stateful for g in mine)
-        if stateful and any(not g.stateful for g in mine):
+        mine = sorted(set(p.spec.security_groups))
+        flags = {snap.security_groups[g].stateful for g in mine if g in snap.security_groups}
+        if flags == {True, False}:
             problems.append(f"port {p.spec.id} mixes stateful and stateless security groups: filtered statefully")
-        port_chains += _port_chains(p, mine, stateful)
+        port_chains += _port_chains(p, mine, flags != {False})
     zones = allocate((bridge_name(p.spec.network_id) for p in ports), 16)
-    remote_sets = []
-    for g in remotes:
-        members = snap.security_groups[g].members if g in snap.security_groups else ()
-        for v in (4, 6):
-            remote_sets.append(NftSet(remote_set(g, v), (f"type ipv{v}_addr", "flags interval"),
-                                      tuple(_addr(n) for n in _collapsed(members, v))))
+    remote_sets = [s for g in remotes for s in _remote_sets(
+        g, snap.security_groups[g].members if g in snap.security_groups else ())]
     sets = (
         NftSet("zones", ("typeof iifname : ct zone",),
                tuple(sorted(f'"{b}" : {z}' for b, z in zones.items())), "map"),
@@ -369,7 +408,8 @@ def _inet_table(snap: Snapshot, ports: list[_Port], marks: dict[str, int], ids: 
                  "type filter hook prerouting priority filter; policy accept;"),
         NftChain("ingress", ("meta mark vmap @ingress-ports",),
                  "type filter hook forward priority filter; policy accept;"),
+        *SHARED_CHAINS,
         *port_chains,
-        *group_chains,
+        *(c for g in used for c in compiled[g].chains),
     )
     return structured(None, "inet", sets, chains, ids)

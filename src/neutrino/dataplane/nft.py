@@ -22,16 +22,20 @@ it did then, takes the table as it is -- nothing re-applied, NAT and conntrack u
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
+import socket
+import struct
 import subprocess
 from collections.abc import Collection, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal, Protocol
 
 from neutrino.compile.nft import NftTable, render_delete, render_sync, render_update, table_name
 from neutrino.compile.state import HostState
+from neutrino.dataplane import netlink as nl
 from neutrino.dataplane.plane import Made, PlaneResult
 from neutrino.errors import KernelError
 from neutrino.intent.model import PortId
@@ -53,9 +57,47 @@ class Nft(Protocol):
         """(family, name) of every table in ``ns``."""
         ...
 
+    def generation(self, ns: str | None) -> int | None:
+        """The namespace's nftables generation (the kernel bumps it on every change of any table there);
+        None when it cannot be read."""
+        ...
+
+
+NETLINK_NETFILTER = 12
+NFT_MSG_GETGEN = (10 << 8) | 16   # NFNL_SUBSYS_NFTABLES << 8 | NFT_MSG_GETGEN
+NFTA_GEN_ID = 1
+
+
+def generation(ns: str | None) -> int | None:
+    """NFT_MSG_GETGEN over a netfilter netlink socket opened in ``ns`` (one round trip, no fork)."""
+    def make() -> socket.socket:
+        return socket.socket(socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_CLOEXEC, NETLINK_NETFILTER)
+    try:
+        sock = make() if ns is None else nl._socket_in(ns, make)
+    except OSError:
+        return None
+    with sock:
+        try:
+            sock.settimeout(2.0)
+            sock.send(struct.pack("=IHHII", 20, NFT_MSG_GETGEN, 1, 1, 0) + struct.pack("=BBH", 0, 0, 0))
+            data = sock.recv(65536)
+        except OSError:
+            return None
+    length, kind = struct.unpack_from("=IH", data) if len(data) >= 16 else (0, 0)
+    off = 20
+    while kind != 2 and off + 4 <= min(length, len(data)):  # 2: NLMSG_ERROR
+        alen, atype = struct.unpack_from("=HH", data, off)
+        if atype & 0x3FFF == NFTA_GEN_ID and alen >= 8:
+            return int(struct.unpack_from(">I", data, off + 4)[0])
+        off += max(4, (alen + 3) & ~3)
+    return None
+
 
 class NftCommand:
-    """The ``nft`` tool, inside a namespace through ``ip netns exec``."""
+    """The ``nft`` tool, inside a namespace through ``ip netns exec``; the generation by netlink."""
+
+    def generation(self, ns: str | None) -> int | None:
+        return generation(ns)
 
     @staticmethod
     def _argv(ns: str | None, *args: str) -> list[str]:
@@ -106,6 +148,12 @@ Scope = Literal["all", "host", "namespaces"]
 class Observed:
     listings: dict[TableKey, str | None]   # tables this plane set (or wants), as listed now
     found: set[TableKey]                  # this owner's tables found by a sweep (full passes only)
+    untouched: set[TableKey] = field(default_factory=set)  # their namespace's generation is still ours
+    gens: dict[str | None, int | None] = field(default_factory=dict)  # generation per namespace, as read
+
+
+def digest(body: str) -> str:
+    return hashlib.sha256(body.encode()).hexdigest()
 
 
 class NftPlane:
@@ -116,25 +164,28 @@ class NftPlane:
         self.scope = scope
         self.table = table_name(owner)
         self.nft = nft or NftCommand()
-        self.applied: dict[TableKey, tuple[NftTable, str | None]] = {}  # key -> (table, listing after the change)
+        # key -> (table as set, its listing: the baseline for drift; None until taken, see _settle)
+        self.applied: dict[TableKey, tuple[NftTable, str | None]] = {}
+        self.gens: dict[str | None, int] = {}  # namespace -> nftables generation right after our last change
         self.full = True  # the first pass and the pass after a failure sync everything
         self.memory = memory
-        self.remembered = self._recall()  # what an earlier run left: key -> (body, listing)
+        self.remembered = self._recall()  # what an earlier run left: key -> (body digest, listing, generation)
 
-    def _recall(self) -> dict[TableKey, tuple[str, str]]:
+    def _recall(self) -> dict[TableKey, tuple[str, str | None, int | None]]:
         if self.memory is None:
             return {}
         try:
             rows = json.loads(self.memory.read_text())
-            return {(r["ns"], r["family"]): (r["body"], r["listing"]) for r in rows}
+            return {(r["ns"], r["family"]): (r.get("digest") or digest(r["body"]), r.get("listing"), r.get("gen"))
+                    for r in rows}
         except (OSError, ValueError, KeyError, TypeError):
             return {}
 
     def _remember(self) -> None:
         if self.memory is None:
             return
-        rows = [{"ns": k[0], "family": k[1], "body": v[0].body, "listing": v[1]}
-                for k, v in sorted(self.applied.items(), key=str) if v[1] is not None]
+        rows = [{"ns": k[0], "family": k[1], "digest": digest(v[0].body), "listing": v[1], "gen": self.gens.get(k[0])}
+                for k, v in sorted(self.applied.items(), key=str) if v[1] is not None or k[0] in self.gens]
         self.memory.parent.mkdir(parents=True, exist_ok=True)
         tmp = self.memory.with_suffix(".tmp")
         tmp.write_text(json.dumps(rows))
@@ -148,17 +199,27 @@ class NftPlane:
         return [t for t in desired.nft if self._mine(t.namespace)]
 
     def observe(self, desired: HostState, namespaces: Collection[str] | None = None) -> Observed:
+        """List the tables this plane set (or an earlier run did) -- except where the namespace's nftables
+        generation is still the one right after our own last change: nothing changed there since."""
         wanted = {(t.namespace, t.family) for t in self.tables(desired)}
         keys = wanted | set(self.applied)
         if self.full:  # only tables an earlier run remembers are worth listing
             keys = wanted & set(self.remembered)
-        listings = {k: self.nft.listing(k[0], k[1], self.table) for k in sorted(keys, key=str)}
+        gens = {ns: self.nft.generation(ns) for ns in {k[0] for k in keys}}
+        listings: dict[TableKey, str | None] = {}
+        untouched: set[TableKey] = set()
+        for k in sorted(keys, key=str):
+            ours = self.remembered[k][2] if self.full else self.gens.get(k[0])
+            if gens[k[0]] is not None and gens[k[0]] == ours:
+                untouched.add(k)
+            else:
+                listings[k] = self.nft.listing(k[0], k[1], self.table)
         found: set[TableKey] = set()
         if self.full:
             for ns in sorted({None, *(k[0] for k in wanted)}, key=lambda n: n or ""):
                 if self._mine(ns):
                     found |= {(ns, fam) for fam, name in self.nft.tables(ns) if name == self.table}
-        return Observed(listings, found)
+        return Observed(listings, found, untouched, gens)
 
     def diff(self, desired: HostState, obs: Observed) -> list[Op]:
         ops: list[Op] = []
@@ -166,11 +227,13 @@ class NftPlane:
         for key, t in sorted(wanted.items(), key=str):
             have, listing = self.applied.get(key, (None, None))
             kept = self.remembered.get(key)
-            if self.full and kept is not None and kept[0] == t.body and obs.listings.get(key) == kept[1]:
+            same = key in obs.untouched
+            if self.full and kept is not None and kept[0] == digest(t.body) and (
+                    same or (kept[1] is not None and obs.listings.get(key) == kept[1])):
                 self.applied[key] = (t, kept[1])  # set by an earlier run and untouched since: taken as it is
             elif self.full:
                 ops.append(SyncTable(t, "full sync"))
-            elif have is not None and obs.listings.get(key) != listing:
+            elif have is not None and not same and (listing is None or obs.listings.get(key) != listing):
                 ops.append(SyncTable(t, "changed behind neutrino's back" if obs.listings.get(key) else "gone"))
             elif have is None or have.body != t.body:
                 script = render_update(have, t, self.owner) if have is not None else None
@@ -181,13 +244,15 @@ class NftPlane:
 
     def apply(self, ops: Sequence[Op]) -> int:
         """One transaction per namespace for everything that changes there (tables gone already are not
-        deleted again); then the listing of each table changed, as the baseline for drift."""
+        deleted again). Then the namespace's generation is kept; where it cannot be read, each table's
+        listing is taken at once as the baseline for drift (else later, by _settle, off the change's path)."""
         errors = []
         by_ns: dict[str | None, list[Op]] = {}
         for op in ops:
             by_ns.setdefault(op.ns if isinstance(op, DeleteTable) else op.table.namespace, []).append(op)
         for ns, group in sorted(by_ns.items(), key=lambda kv: kv[0] or ""):
             script = []
+            self.gens.pop(ns, None)
             try:
                 for op in group:
                     if isinstance(op, DeleteTable):
@@ -203,17 +268,36 @@ class NftPlane:
                                  t.namespace or "the host", op.why)
                 if script:
                     self.nft.run(ns, "".join(script))
+                gen = self.nft.generation(ns)
+                if gen is not None:
+                    self.gens[ns] = gen
                 for op in group:
                     if not isinstance(op, DeleteTable):
                         t = op.table
-                        self.applied[(t.namespace, t.family)] = (t, self.nft.listing(t.namespace, t.family,
-                                                                                     self.table))
+                        listing = None if gen is not None else self.nft.listing(t.namespace, t.family, self.table)
+                        self.applied[(t.namespace, t.family)] = (t, listing)
             except KernelError as exc:
                 errors.append(str(exc))
         self.full = bool(errors)
         if errors:
             raise KernelError("; ".join(errors))
         return len(ops)
+
+    def _settle(self, skip: Collection[str | None]) -> bool:
+        """Take the drift baseline (the listing) of tables changed in an earlier pass, while their
+        namespace's generation is still ours: a later change by anyone else is then told apart from ours
+        by comparing listings. Returns whether any was taken."""
+        taken = False
+        for key, (t, listing) in sorted(self.applied.items(), key=str):
+            ns = key[0]
+            if listing is not None or ns in skip or ns not in self.gens:
+                continue
+            if self.nft.generation(ns) == self.gens[ns]:
+                now = self.nft.listing(ns, key[1], self.table)
+                if now is not None and self.nft.generation(ns) == self.gens[ns]:
+                    self.applied[key] = (t, now)
+                    taken = True
+        return taken
 
     def names(self, desired: HostState) -> set[PortId]:
         return {p for t in self.tables(desired) for p in t.ports}
@@ -230,7 +314,12 @@ class NftPlane:
             self.full = True
             raise
         changes = self.apply(ops) if ops else 0
-        if self.full or ops:
+        touched = {op.ns if isinstance(op, DeleteTable) else op.table.namespace for op in ops}
+        for ns, gen in obs.gens.items():  # looked at and found as left: the generation now is ours too
+            if ns not in touched and gen is not None:
+                self.gens[ns] = gen
+        settled = self._settle(touched)
+        if self.full or ops or settled:
             self._remember()
         self.remembered = {}
         self.full = False
