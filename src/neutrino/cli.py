@@ -137,8 +137,18 @@ def parser() -> argparse.ArgumentParser:
     isub = inst.add_subparsers(dest="action", metavar="ACTION", required=True)
     ic = isub.add_parser("create", parents=common, help="create an instance on a network and wait for its address")
     ic.add_argument("name", help="1-11 lower-case letters, digits, '-' (namespace lab-NAME)")
-    ic.add_argument("--network", required=True, help="network name or id")
+    where = ic.add_mutually_exclusive_group(required=True)
+    where.add_argument("--network", help="network name or id: the instance gets a new port there")
+    where.add_argument("--port", dest="port_ref", metavar="PORT",
+                       help="use this existing, unattached port (name or id) as it is: its addresses, groups and "
+                            "port security; deleting the instance gives it back unbound")
     ic.add_argument("--fixed-ip", action="append", metavar="IP", help="ask for this address (repeatable)")
+    security = ic.add_mutually_exclusive_group()
+    security.add_argument("--security-group", action="append", metavar="SG",
+                          help="put the port in this security group, name or id (repeatable; default: the "
+                               "project's default group, as a VM booted by Nova)")
+    security.add_argument("--no-port-security", action="store_true",
+                          help="a port without port security: no groups, no anti-spoofing")
     ic.add_argument("--wait", type=float, default=30.0, metavar="SECONDS",
                     help="seconds to wait for the DHCP address (0: no wait; default %(default)s)")
     ic.add_argument("--host", dest="lab_host", metavar="NAME",
@@ -191,8 +201,12 @@ def parser() -> argparse.ArgumentParser:
 
 def parse(argv: list[str] | None = None) -> argparse.Namespace:
     """Parsed arguments; a global option given nowhere is None (False for --debug)."""
-    args = parser().parse_args(argv)
+    p = parser()
+    args = p.parse_args(argv)
     args.raw_argv = list(sys.argv[1:] if argv is None else argv)
+    if getattr(args, "port_ref", None) and (args.fixed_ip or args.security_group or args.no_port_security):
+        p.error("instance create --port takes the port as it is: no --fixed-ip, --security-group or "
+                "--no-port-security with it")
     for name in GLOBAL_OPTIONS:
         if not hasattr(args, name):
             setattr(args, name, False if name == "debug" else None)
@@ -425,7 +439,10 @@ def cmd_instance(args: argparse.Namespace, cfg: config.Config) -> int:
         return lab_instance(args, cfg)
     inst = lifecycle.instances(cfg)
     if args.action == "create":
-        spec = asyncio.run(lifecycle.create(cfg, args.name, args.network, args.fixed_ip or [], args.wait))
+        choice = lifecycle.PortChoice(network=args.network, fixed_ips=tuple(args.fixed_ip or ()),
+                                      security_groups=tuple(args.security_group or ()),
+                                      port_security=not args.no_port_security, port=args.port_ref)
+        spec = asyncio.run(lifecycle.create(cfg, args.name, choice, args.wait))
         got = inst.address(spec.name)
         print(f"instance {spec.name}: port {spec.port_id}, {', '.join(got) or 'no address yet'} "
               f"({'DHCP' if spec.dhcp else 'static'})")

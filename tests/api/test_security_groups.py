@@ -10,6 +10,7 @@ import os
 import subprocess
 import sys
 import time
+import uuid
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -482,6 +483,55 @@ def test_sdk(alice: Member) -> None:
     conn.network.delete_port(p)
     conn.network.delete_security_group(g)
     assert conn.network.find_security_group(g.id) is None
+
+
+# -- the lab's instance ports ---------------------------------------------------------------------------
+def test_lab_instance_ports(server: Server, raw: Raw) -> None:
+    """What ``neutrino instance create`` asks the server for (the kernel side is the integration tests'):
+    groups by name within the caller's project although every project has a ``default``, port security
+    off, and an existing port taken as it is and given back unbound."""
+    import asyncio
+
+    from neutrino.client import Client
+    from neutrino.errors import NeutrinoError
+    from neutrino.lab import lifecycle
+
+    net_id, _ = network(raw)
+    web = group(raw)
+    existing = port(raw, net_id, name=uniq("byport"))
+
+    async def token() -> str:
+        return raw.token
+
+    async def run() -> None:
+        async with Client(server.url, token) as api:
+            dev = str(uuid.uuid4())
+            made = await lifecycle._port(api, "vm1", lifecycle.PortChoice(
+                network=net_id, security_groups=("default", web["name"])), dev, "labhost")
+            [default] = [g for g in defaults(raw) if g["project_id"] == web["project_id"]]
+            assert made["security_groups"] == sorted([default["id"], web["id"]])
+            assert made["device_owner"] == "compute:lab" and made["binding:host_id"] == "labhost"
+            plain = await lifecycle._port(api, "vm2", lifecycle.PortChoice(network=net_id), dev, "labhost")
+            assert plain["security_groups"] == [default["id"]]
+            bare = await lifecycle._port(api, "vm3", lifecycle.PortChoice(network=net_id, port_security=False), dev,
+                                         "labhost")
+            assert bare["security_groups"] == [] and bare["port_security_enabled"] is False
+            with pytest.raises(NeutrinoError, match="not found"):
+                await lifecycle._port(api, "vm4", lifecycle.PortChoice(network=net_id, security_groups=("nope",)),
+                                      dev, "labhost")
+            taken = await lifecycle._port(api, "vm5", lifecycle.PortChoice(port=existing["name"]), dev, "labhost")
+            assert taken["id"] == existing["id"] and taken["device_id"] == dev
+            assert taken["binding:host_id"] == "labhost" and taken["security_groups"] == existing["security_groups"]
+            with pytest.raises(NeutrinoError, match="in use"):
+                await lifecycle._port(api, "vm6", lifecycle.PortChoice(port=existing["id"]), dev, "labhost")
+            await lifecycle._release(api, existing["id"])
+            back = raw("GET", f"/v2.0/ports/{existing['id']}").json()["port"]
+            assert (back["device_id"], back["device_owner"], back["binding:host_id"]) == ("", "", "")
+            for p in (made, plain, bare, existing):
+                assert raw("DELETE", f"/v2.0/ports/{p['id']}").status_code == 204
+
+    asyncio.run(run())
+    assert raw("DELETE", f"/v2.0/security-groups/{web['id']}").status_code == 204
 
 
 # -- the snapshot and the feed --------------------------------------------------------------------------

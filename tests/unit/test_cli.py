@@ -13,7 +13,8 @@ from neutrino import cli
 # Every command and action, with the arguments it needs to parse.
 COMMANDS: list[list[str]] = [
     ["up"], ["server"], ["agent"], ["status"], ["cleanup"], ["db", "upgrade"], ["clouds-yaml"],
-    ["instance", "create", "vm1", "--network", "demo"], ["instance", "list"], ["instance", "delete", "vm1"],
+    ["instance", "create", "vm1", "--network", "demo"], ["instance", "create", "vm1", "--port", "p1"],
+    ["instance", "list"], ["instance", "delete", "vm1"],
     ["instance", "exec", "vm1"], ["instance", "sweep"],
 ]
 GLOBALS = {"--config": ("config", "/etc/n.yaml"), "--state-dir": ("state_dir", "/var/lib/n"),
@@ -86,6 +87,39 @@ def test_help_lists_every_command_and_the_global_options(capsys: pytest.CaptureF
         with pytest.raises(SystemExit):
             cli.parse([*command[:2], "--help"] if command[0] in ("instance", "db") else [command[0], "--help"])
         assert "--state-dir DIR" in capsys.readouterr().out, command
+
+
+def test_instance_create_port_choices() -> None:
+    args = cli.parse(["instance", "create", "vm1", "--network", "demo", "--security-group", "web",
+                      "--security-group", "0b4c0e0e-5a4e-4a4e-9a4e-0b4c0e0e5a4e", "--fixed-ip", "10.0.0.5"])
+    assert (args.network, args.port_ref, args.no_port_security) == ("demo", None, False)
+    assert args.security_group == ["web", "0b4c0e0e-5a4e-4a4e-9a4e-0b4c0e0e5a4e"] and args.fixed_ip == ["10.0.0.5"]
+    args = cli.parse(["instance", "create", "vm1", "--network", "demo"])
+    assert (args.security_group, args.no_port_security) == (None, False)  # the project's default group
+    args = cli.parse(["instance", "create", "vm1", "--network", "demo", "--no-port-security"])
+    assert args.no_port_security is True and args.security_group is None
+    args = cli.parse(["instance", "create", "vm1", "--port", "my-port"])
+    assert (args.port_ref, args.network) == ("my-port", None)
+
+
+def test_instance_port_is_not_the_api_port(tmp_path: Path) -> None:
+    """``--port`` names a Neutron port; it must not become the API port the client talks to."""
+    args = cli.parse(["instance", "create", "vm1", "--port", "9797", "--state-dir", str(tmp_path)])
+    assert cli._load(args).api.port == 9696
+
+
+@pytest.mark.parametrize("argv", [
+    ["--network", "demo", "--port", "p1"],                      # one or the other
+    [],                                                         # one of them is needed
+    ["--network", "demo", "--security-group", "web", "--no-port-security"],
+    ["--port", "p1", "--security-group", "web"],                # an existing port is taken as it is
+    ["--port", "p1", "--no-port-security"],
+    ["--port", "p1", "--fixed-ip", "10.0.0.5"],
+], ids=" ".join)
+def test_instance_create_refuses_conflicting_options(argv: list[str], capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exc:
+        cli.parse(["instance", "create", "vm1", *argv])
+    assert exc.value.code == 2 and "error:" in capsys.readouterr().err
 
 
 def test_table_aligns_and_fills_empty_cells() -> None:

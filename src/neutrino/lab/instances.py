@@ -48,6 +48,7 @@ class InstanceSpec:
     gateway: str | None
     dhcp: bool                   # one of its IPv4 subnets has DHCP enabled
     dhcp6: bool = False          # one of its IPv6 subnets is dhcpv6-stateful (SLAAC needs no client)
+    own_port: bool = True        # made for the instance (deleted with it); False: an existing port it used
 
     @property
     def namespace(self) -> str:
