@@ -24,7 +24,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from tests.api.conftest import Server, start_server  # noqa: E402
-from tests.api.fuzzing import Fuzzer, Session  # noqa: E402
+from tests.api.fuzzing import SERVER_ENV, Fuzzer, Session  # noqa: E402
 
 
 def progress(msg: str) -> None:
@@ -51,7 +51,7 @@ def main(argv: list[str] | None = None) -> int:
     else:
         tmp = Path(tempfile.mkdtemp(prefix="neutrino-fuzz-"))
         db_url = f"sqlite:///{tmp / 'neutrino.db'}"
-        server = start_server(tmp, db_url, "sqlite")
+        server = start_server(tmp, db_url, "sqlite", SERVER_ENV)
         base, log_path = server.url, tmp / "server.log"
         progress(f"server {base}, state in {tmp}")
 
@@ -61,7 +61,7 @@ def main(argv: list[str] | None = None) -> int:
         progress("server wedged: restarting it")
         server.proc.kill()
         server.proc.wait()
-        server = start_server(tmp, f"sqlite:///{tmp / 'neutrino.db'}", "sqlite")
+        server = start_server(tmp, f"sqlite:///{tmp / 'neutrino.db'}", "sqlite", SERVER_ENV)
         return server.url
 
     session = Session(base, args.admin_password, args.timeout)

@@ -29,11 +29,14 @@ from urllib.parse import quote, urlencode
 import httpx
 
 from neutrino.api.attributes import ResourceSpec
-from neutrino.api.resources import AGENT, NETWORK, PORT, SUBNET
+from neutrino.api.resources import AGENT, NETWORK, PORT, SECURITY_GROUP, SECURITY_GROUP_RULE, SUBNET
 
-SPECS: tuple[ResourceSpec, ...] = (NETWORK, SUBNET, PORT, AGENT)
-TAGGABLE = ("networks", "subnets", "ports", "agents", "routers")
+SPECS: tuple[ResourceSpec, ...] = (NETWORK, SUBNET, PORT, AGENT, SECURITY_GROUP, SECURITY_GROUP_RULE)
+TAGGABLE = ("networks", "subnets", "ports", "agents", "routers", "security-groups", "security-group-rules")
 NAN, INF = float("nan"), float("inf")
+# What a fuzzed server needs besides conftest's defaults: the fuzzer makes security groups and rules by
+# the thousand, and its fixtures must still be creatable afterwards.
+SERVER_ENV = {"NEUTRINO_QUOTAS__SECURITY_GROUP": "-1", "NEUTRINO_QUOTAS__SECURITY_GROUP_RULE": "-1"}
 JSON = "application/json"
 
 
@@ -182,14 +185,22 @@ class Fixtures:
     member_port_shared: str = ""
     dhcp_agent: str = ""
     l2_agent: str = ""
+    group: str = ""                 # the admin's security group (a port of the admin's is in it)
+    scratch_group: str = ""
+    member_group: str = ""
+    rule: str = ""                  # a rule of each of those
+    scratch_rule: str = ""
+    member_rule: str = ""
 
     def scratch(self, collection: str) -> str:
         return {"networks": self.scratch_net, "subnets": self.scratch_sub, "ports": self.scratch_port,
-                "agents": self.l2_agent}.get(collection, str(uuid.UUID(int=1)))
+                "agents": self.l2_agent, "security-groups": self.scratch_group,
+                "security-group-rules": self.scratch_rule}.get(collection, str(uuid.UUID(int=1)))
 
     def admin_owned(self, collection: str) -> str:
         return {"networks": self.shared_net, "subnets": self.sub4, "ports": self.port,
-                "agents": self.dhcp_agent}.get(collection, str(uuid.UUID(int=2)))
+                "agents": self.dhcp_agent, "security-groups": self.group,
+                "security-group-rules": self.rule}.get(collection, str(uuid.UUID(int=2)))
 
     def seen_by_member(self, collection: str) -> list[str]:
         """What a member may aim at: the admin's shared and private resources, another project's port on
@@ -197,11 +208,14 @@ class Fixtures:
         return {"networks": [self.shared_net, self.private_net, self.member_net],
                 "subnets": [self.sub4, self.sub6, self.private_sub, self.member_sub],
                 "ports": [self.port, self.member_port_shared, self.member_port],
-                "agents": [self.dhcp_agent, self.l2_agent]}.get(collection, [str(uuid.UUID(int=6))])
+                "agents": [self.dhcp_agent, self.l2_agent],
+                "security-groups": [self.group, self.member_group],
+                "security-group-rules": [self.rule, self.member_rule]}.get(collection, [str(uuid.UUID(int=6))])
 
     def member_owned(self, collection: str) -> str:
         return {"networks": self.member_net, "subnets": self.member_sub, "ports": self.member_port,
-                "agents": self.l2_agent}.get(collection, str(uuid.UUID(int=3)))
+                "agents": self.l2_agent, "security-groups": self.member_group,
+                "security-group-rules": self.member_rule}.get(collection, str(uuid.UUID(int=3)))
 
 
 Slot = Callable[[int, random.Random], "Case"]
@@ -261,6 +275,10 @@ class Generator:
             return {"network_id": net, "ip_version": 4, "cidr": cidr}
         if spec.name == "port":
             return {"network_id": self.fx.shared_net}
+        if spec.name == "security_group_rule":
+            return {"security_group_id": self.fx.member_group if member else self.fx.scratch_group,
+                    "direction": "ingress", "protocol": "tcp", "port_range_min": rng.randrange(1, 65536),
+                    "port_range_max": 65535}
         return {}
 
     @staticmethod
@@ -274,7 +292,7 @@ class Generator:
         item = self.base_body(spec, rng, who == "member")
         item[attr] = val
         bulk = k % 7 == 3
-        body = {spec.collection: [item, dict(item)]} if bulk else {spec.name: item}
+        body = {spec.plural: [item, dict(item)]} if bulk else {spec.name: item}
         return Case("POST", f"/v2.0/{spec.collection}", f"/v2.0/{spec.collection}",
                     f"create{' bulk' if bulk else ''} {attr}={label}", body=jbytes(body), who=who)
 
@@ -382,7 +400,7 @@ class Generator:
                     f"delete id={label}", who=who, headers=headers)
 
     def shapes(self, spec: ResourceSpec) -> list[tuple[str, bytes | None, str | None]]:
-        n, c = spec.name, spec.collection
+        n, c = spec.name, spec.plural
         return [
             ("[]", b"[]", JSON), ("true", b"true", JSON), ('"x"', b'"x"', JSON), ("5", b"5", JSON),
             ("{}", b"{}", JSON), ("null", b"null", JSON), ("empty", b"", JSON), ("no-body", None, JSON),
@@ -581,7 +599,7 @@ class Generator:
                ("/v2.0/agents/{id}/l3-routers", f"/v2.0/agents/{fx.dhcp_agent}/l3-routers"),
                ("/v2.0/agents/{id}/l3-routers/{router_id}",
                 f"/v2.0/agents/{fx.dhcp_agent}/l3-routers/{uuid.UUID(int=5)}")]
-        for c in ("networks", "subnets", "ports", "agents"):
+        for c in ("networks", "subnets", "ports", "agents", "security-groups", "security-group-rules"):
             out += [(f"/v2.0/{c}", f"/v2.0/{c}"), (f"/v2.0/{c}.json", f"/v2.0/{c}.json"),
                     (f"/v2.0/{c}/{{id}}", f"/v2.0/{c}/{fx.admin_owned(c)}"),
                     (f"/v2.0/{c}/{{id}}.json", f"/v2.0/{c}/{fx.admin_owned(c)}.json"),
@@ -899,6 +917,26 @@ class Session:
             fx.member_port = port(fx.member_net, "member")
         if not self.exists("ports", fx.member_port_shared):
             fx.member_port_shared = port(fx.shared_net, "member")
+
+        def group(who: str) -> str:
+            body = {"security_group": {"name": "fz"}}
+            return str(self.ok("POST", "/v2.0/security-groups", body, who)["security_group"]["id"])
+
+        def rule(group_id: str, who: str) -> str:
+            body = {"security_group_rule": {"security_group_id": group_id, "direction": "ingress", "protocol": "tcp",
+                                            "port_range_min": 22, "port_range_max": 22, "remote_group_id": group_id}}
+            return str(self.ok("POST", "/v2.0/security-group-rules", body, who)["security_group_rule"]["id"])
+
+        for attr, who in (("group", "admin"), ("scratch_group", "admin"), ("member_group", "member")):
+            rule_attr = attr.replace("group", "rule")
+            if not self.exists("security-groups", getattr(fx, attr)):
+                setattr(fx, attr, group(who))
+                setattr(fx, rule_attr, "")
+            if not self.exists("security-group-rules", getattr(fx, rule_attr)):
+                setattr(fx, rule_attr, rule(getattr(fx, attr), who))
+        # The admin's port is in the admin's group (best effort: the fuzzer may have made that impossible).
+        self.client.put(f"{self.base}/v2.0/ports/{fx.port}", headers={"X-Auth-Token": self.tokens["admin"]},
+                        json={"port": {"security_groups": [fx.group], "port_security_enabled": True}})
 
 
 SIGNATURE = re.compile(r'File "([^"]*neutrino/[^"]*)", line (\d+), in (\S+)')

@@ -17,7 +17,7 @@ import httpx
 import pytest
 
 from tests.api.conftest import Server, backend_server
-from tests.api.fuzzing import Fuzzer, Session
+from tests.api.fuzzing import SERVER_ENV, Fuzzer, Session
 
 SEED = 20260101
 REQUESTS = 8000
@@ -27,7 +27,7 @@ CLIENT_TIMEOUT = 5.0
 @pytest.fixture(scope="module", params=["sqlite", "postgresql"])
 def fuzz_server(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     """A server of its own per backend (PostgreSQL refuses values SQLite takes: both are fuzzed)."""
-    srv = backend_server(request, request.param, tmp_path_factory.mktemp(f"fuzz-server-{request.param}"))
+    srv = backend_server(request, request.param, tmp_path_factory.mktemp(f"fuzz-server-{request.param}"), SERVER_ENV)
     try:
         yield srv
     finally:

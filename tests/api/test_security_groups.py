@@ -368,7 +368,20 @@ def test_port_security_and_groups(alice: Member) -> None:
           "SecurityGroupInUse")
     found = m("GET", "/v2.0/ports", params={"security_groups": web["id"]}).json()["ports"]
     assert sorted(p["id"] for p in found) == sorted([plain["id"], both["id"]])
-    for p in (plain, none, null, both, open_, dev):
+    # A port that becomes a router's interface is the cloud's own device: it leaves its groups.
+    router = m("POST", "/v2.0/routers", json={"router": {"name": uniq("sgr")}}).json()["router"]
+    iface = port(m, net_id, security_groups=[web["id"]], port_security_enabled=True)
+    added = m("PUT", f"/v2.0/routers/{router['id']}/add_router_interface", json={"port_id": iface["id"]})
+    assert added.status_code == 200, added.text
+    assert m("GET", f"/v2.0/ports/{iface['id']}").json()["port"]["security_groups"] == []
+    assert m("PUT", f"/v2.0/routers/{router['id']}/remove_router_interface",
+             json={"port_id": iface["id"]}).status_code == 200
+    assert m("DELETE", f"/v2.0/routers/{router['id']}").status_code == 204
+    # Neither does an update that makes a port one.
+    dev2 = port(m, net_id, security_groups=[web["id"]])
+    made_dev = m("PUT", f"/v2.0/ports/{dev2['id']}", json={"port": {"device_owner": "network:dhcp"}})
+    assert made_dev.json()["port"]["security_groups"] == []
+    for p in (plain, none, null, both, open_, dev, dev2):
         assert m("DELETE", f"/v2.0/ports/{p['id']}").status_code == 204
     assert m("DELETE", f"/v2.0/security-groups/{web['id']}").status_code == 204
 

@@ -119,9 +119,10 @@ def _groups_for_update(conn: Connection, row: Any, data: dict[str, Any], current
     given = data.get("security_groups")
     if given and not port_security:
         raise _groups_need_port_security()
+    if secgroups.trusted(data.get("device_owner", row.device_owner)):
+        return []  # become (or are) the cloud's own device: in no group
     if given is not None:
-        owner = data.get("device_owner", row.device_owner)
-        return [] if secgroups.trusted(owner) else secgroups.check_for_port(conn, row.project_id, given)
+        return secgroups.check_for_port(conn, row.project_id, given)
     if current and not port_security:
         raise Conflict("Port has security group associated. Cannot disable port security or IP address until "
                        "security group is removed", type="PortSecurityPortHasSecurityGroup")

@@ -288,6 +288,11 @@ def add_interface(core: Core, conn: Connection, ctx: RequestContext, router_id: 
             subnets.c.id.in_([s.subnet_id for s in subs]))).all()
         _check_overlap(conn, router_id, sub_rows)
         standard.bump(conn, ports, port_id, {"device_id": router_id, "device_owner": INTERFACE})
+        from neutrino.services import secgroups
+        left = secgroups.of_ports(conn, [port_id]).get(port_id, [])
+        if left:  # a router's port is the cloud's own device: in no group (as Neutron's trusted ports)
+            secgroups.set_for_port(conn, port_id, [])
+            secgroups.announce(conn, left)
         standard.emit(conn, "port", port_id, "update", network_id=port.network_id,
                       host=port.binding_host_id or None)
         from neutrino.services import l3
