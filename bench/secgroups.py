@@ -178,14 +178,15 @@ def rule_changes(n: int, changes: int, tmp: Path, a_ns: str, b_ns: str,
     settings = AgentSettings(host="h1", tunnel_ip="198.18.0.1", interface_mappings={}, state_dir=tmp / "agent",
                              owner="bench", run_dir=tmp / "run")
     pipe = Pipeline(settings)
+    closed_snap, open_snap = snapshot(n, extra=extra), snapshot(n, probe=True, extra=extra)  # as the agent gets them
     start = time.monotonic()
-    first = pipe.reconcile(snapshot(n, extra=extra))
+    first = pipe.reconcile(closed_snap)
     full_pass = time.monotonic() - start
     assert not first.errors, first.errors
     idle = []
     for _ in range(5):
         start = time.monotonic()
-        pipe.reconcile(snapshot(n, extra=extra))
+        pipe.reconcile(closed_snap)
         idle.append(time.monotonic() - start)
     receiver = subprocess.Popen(["ip", "netns", "exec", b_ns, sys.executable, "-c", RECEIVER, str(PROBE_PORT)],
                                 stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
@@ -208,7 +209,7 @@ def rule_changes(n: int, changes: int, tmp: Path, a_ns: str, b_ns: str,
         for _ in range(changes):
             ask("arm")
             start = time.monotonic()
-            result = pipe.reconcile(snapshot(n, probe=True, extra=extra))
+            result = pipe.reconcile(open_snap)
             passes.append(time.monotonic() - start)
             assert result.changes == 1 and not result.errors, result
             deadline = time.monotonic() + 5
@@ -218,7 +219,7 @@ def rule_changes(n: int, changes: int, tmp: Path, a_ns: str, b_ns: str,
                 time.sleep(0.002)
             opened.append(got[0] - start)
             start = time.monotonic()
-            pipe.reconcile(snapshot(n, extra=extra))
+            pipe.reconcile(closed_snap)
             passes.append(time.monotonic() - start)
             time.sleep(0.25)
             last = ask("last")[1]
@@ -346,18 +347,23 @@ def main() -> None:
             sh("ip", "netns", "del", ns, check=False)
     plain = plain_bridge(prefix, args.seconds, args.rounds)
     p, r, t = out["program"], out["rules"], out["tcp"]
-    print(f"security groups, {args.ports} filtered ports, 10 rules each, a remote group of {args.ports} members")
-    print(f"  ({p['rules']} rules, {p['elements']} set elements, {p['script_bytes'] / 1e6:.1f} MB of nft script)")
-    print(f"program from scratch (compile + nft plane)  {p['ours'] * 1000:8.0f} ms   (compile {p['compile'] * 1000:.0f} ms)")
-    print(f"the same tables by nft -f (raw)             {p['raw'] * 1000:8.0f} ms   ratio {p['ours'] / p['raw']:.2f}x")
-    print(f"first pipeline pass / idle pass             {r['full_pass'] * 1000:8.0f} ms / {r['idle_pass'] * 1000:.0f} ms")
-    print(f"rule added -> enforced, p50 / p99           {r['open_p50'] * 1000:8.1f} ms / {r['open_p99'] * 1000:.1f} ms"
-          f"   ({r['changes']} changes; whole pass p50 {r['pass_p50'] * 1000:.0f} ms)")
-    print(f"rule removed -> enforced, p50 / p99         {r['close_p50'] * 1000:8.1f} ms / {r['close_p99'] * 1000:.1f} ms")
-    print(f"TCP filtered / unfiltered (same bridge)     {t['filtered'] / 1e9:8.2f} / {t['unfiltered'] / 1e9:.2f} Gbit/s"
-          f"   ratio {t['filtered'] / t['unfiltered']:.0%}")
-    print(f"TCP plain bridge, no neutrino table         {plain / 1e9:8.2f} Gbit/s   filtered/plain {t['filtered'] / plain:.0%}")
-
+    ms = 1000
+    rows = [
+        ("program from scratch (compile + nft plane)", f"{p['ours'] * ms:.0f} ms (compile {p['compile'] * ms:.0f} ms)"),
+        ("the same tables by nft -f (raw)", f"{p['raw'] * ms:.0f} ms, ratio {p['ours'] / p['raw']:.2f}x"),
+        ("first pipeline pass / idle pass", f"{r['full_pass'] * ms:.0f} ms / {r['idle_pass'] * ms:.1f} ms"),
+        ("rule added -> enforced, p50 / p99", f"{r['open_p50'] * ms:.1f} ms / {r['open_p99'] * ms:.1f} ms "
+                                              f"({r['changes']} changes; whole pass p50 {r['pass_p50'] * ms:.0f} ms)"),
+        ("rule removed -> enforced, p50 / p99", f"{r['close_p50'] * ms:.1f} ms / {r['close_p99'] * ms:.1f} ms"),
+        ("TCP filtered / unfiltered (same bridge)", f"{t['filtered'] / 1e9:.2f} / {t['unfiltered'] / 1e9:.2f} Gbit/s, "
+                                                    f"ratio {t['filtered'] / t['unfiltered']:.0%}"),
+        ("TCP plain bridge, no neutrino table",
+         f"{plain / 1e9:.2f} Gbit/s, filtered/plain {t['filtered'] / plain:.0%}"),
+    ]
+    print(f"security groups: {args.ports} filtered ports, 10 rules each, a remote group of {args.ports} members "
+          f"({p['rules']} rules, {p['elements']} set elements, {p['script_bytes'] / 1e6:.1f} MB of nft script)")
+    for label, value in rows:
+        print(f"  {label:<42} {value}")
 
 if __name__ == "__main__":
     main()

@@ -118,6 +118,12 @@ def routed(lab: Lab) -> Iterator[Routed]:
     for sub in subnets.values():
         cli("router", "add", "subnet", router["id"], sub["id"], fmt=False)
     host = lab.wait("L3 scheduling", lambda: lab.call("GET", f"/v2.0/routers/{router['id']}/l3-agents")["agents"])
+    # The instances get their project's default group (ingress only from its members): open ICMP and the
+    # echo port from anywhere, as a user does to reach instances through floating IPs.
+    default = lab.call("GET", "/v2.0/security-groups",
+                       params={"name": "default", "project_id": router["project_id"]})["security_groups"][0]
+    for rule in (("--protocol", "icmp"), ("--protocol", "tcp", "--dst-port", str(PORT))):
+        cli("security", "group", "rule", "create", "--ingress", *rule, default["id"])
     l3 = lab.agents[host[0]["host"]]
     servers: list[subprocess.Popen[bytes]] = [
         lab.underlay.upstream_popen([PY, "-c", PEER_SERVER, str(PORT)])]

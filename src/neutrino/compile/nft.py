@@ -16,6 +16,7 @@ everything else (and the conntrack state behind it) stays as it is.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 from neutrino.intent.model import PortId
@@ -65,6 +66,7 @@ def render_set(s: NftSet) -> str:
     return "\n".join([*lines, "}"]) + "\n"
 
 
+@functools.lru_cache(maxsize=65536)
 def render_chain(c: NftChain) -> str:
     lines = [f"chain {c.name} {{", *([f"\t{c.hook}"] if c.hook else []), *(f"\t{r}" for r in c.rules)]
     return "\n".join([*lines, "}"]) + "\n"

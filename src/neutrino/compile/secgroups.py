@@ -91,16 +91,21 @@ def _hash(text: str, bits: int) -> int:
 def allocate(keys: Iterable[str], bits: int) -> dict[str, int]:
     """A stable number per key in 1 .. 2**bits - 1: its hash, the next free one on a collision (keys in
     sorted order, so the same keys always get the same numbers)."""
+    return dict(_allocate(tuple(sorted(set(keys))), bits))
+
+
+@functools.lru_cache(maxsize=64)
+def _allocate(keys: tuple[str, ...], bits: int) -> tuple[tuple[str, int], ...]:
     used: set[int] = set()
     out: dict[str, int] = {}
     top = (1 << bits) - 1
-    for key in sorted(set(keys)):
+    for key in keys:
         n = _hash(key, bits)
         while n in used:
             n = n % top + 1
         used.add(n)
         out[key] = n
-    return out
+    return tuple(out.items())
 
 
 def link_local(mac: str) -> ipaddress.IPv6Address:

@@ -185,7 +185,8 @@ class NftPlane:
         if self.memory is None:
             return
         rows = [{"ns": k[0], "family": k[1], "digest": digest(v[0].body), "listing": v[1], "gen": self.gens.get(k[0])}
-                for k, v in sorted(self.applied.items(), key=str) if v[1] is not None or k[0] in self.gens]
+                for k, v in sorted(self.applied.items(), key=lambda kv: str(kv[0]))
+                if v[1] is not None or k[0] in self.gens]
         self.memory.parent.mkdir(parents=True, exist_ok=True)
         tmp = self.memory.with_suffix(".tmp")
         tmp.write_text(json.dumps(rows))
@@ -224,7 +225,7 @@ class NftPlane:
     def diff(self, desired: HostState, obs: Observed) -> list[Op]:
         ops: list[Op] = []
         wanted = {(t.namespace, t.family): t for t in self.tables(desired)}
-        for key, t in sorted(wanted.items(), key=str):
+        for key, t in sorted(wanted.items(), key=lambda kv: str(kv[0])):
             have, listing = self.applied.get(key, (None, None))
             kept = self.remembered.get(key)
             same = key in obs.untouched
@@ -288,7 +289,7 @@ class NftPlane:
         namespace's generation is still ours: a later change by anyone else is then told apart from ours
         by comparing listings. Returns whether any was taken."""
         taken = False
-        for key, (t, listing) in sorted(self.applied.items(), key=str):
+        for key, (t, listing) in sorted(self.applied.items(), key=lambda kv: str(kv[0])):
             ns = key[0]
             if listing is not None or ns in skip or ns not in self.gens:
                 continue
