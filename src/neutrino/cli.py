@@ -356,20 +356,47 @@ def cmd_cleanup(cfg: config.Config) -> int:
 
 
 def _probe(cfg: config.Config) -> dict[str, object]:
-    """Ask the running server what it knows: its API versions, agents (alive or not), resource counts."""
+    """Ask the running server what it knows: its API versions, the servers sharing its database, the agents
+    (alive or not, what each hosts, how far behind), what has not converged, resource counts. With several
+    ``agent.server_url``s, the first that answers."""
     from neutrino.client import for_config
 
-    async def run() -> dict[str, object]:
-        async with for_config(cfg) as api:
+    async def run(url: str | None) -> dict[str, object]:
+        async with for_config(cfg, url) as api:
             versions = (await api.call("GET", "/", anonymous=True))["versions"]
-            agents = (await api.call("GET", "/v2.0/agents"))["agents"]
+            cluster = await api.call("GET", "/agent-api/v1/status")
             counts = {c: len((await api.call("GET", f"/v2.0/{c}", params={"fields": "id"}))[c])
                       for c in ("networks", "subnets", "ports")}
-        return {"api": {"reachable": True, "versions": [v["id"] for v in versions]},
-                "agents": [{"host": a["host"], "type": a["agent_type"], "alive": a["alive"]} for a in agents],
-                "counts": counts}
+        return {"api": {"reachable": True, "url": api.url, "versions": [v["id"] for v in versions]},
+                "counts": counts, **cluster}
 
-    return asyncio.run(run())
+    urls: list[str | None] = list(cfg.agent.server_urls()) or [None]
+    for url in urls[:-1]:
+        with contextlib.suppress(NeutrinoError):
+            return asyncio.run(run(url))
+    return asyncio.run(run(urls[-1]))
+
+
+def _cluster_problems(report: dict[str, Any]) -> list[str]:
+    """What ``/agent-api/v1/status`` says is wrong or not done yet, one line each."""
+    out = [f"server {s['url']} ({s['hostname']}, pid {s['pid']}) stopped reporting at {s['heartbeat']}"
+           for s in report.get("servers", []) if not s["alive"]]
+    out += [f"{a['type']} on {a['host']} is not reporting (dead?)" for a in report["agents"] if not a["alive"]]
+    out += [f"{a['type']} on {a['host']} has not applied {a['behind']} change(s) that concern it"
+            for a in report["agents"] if a.get("behind")]
+    live = {a["type"] for a in report["agents"] if a["alive"]}
+    todo = report.get("unconverged", {})
+    for key, what, needs in (
+            ("ports_not_active", "bound port(s) not ACTIVE yet", None),
+            ("ports_on_hosts_without_agent", "port(s) bound to a host without a live agent", None),
+            ("networks_without_dhcp", "network(s) with DHCP but no DHCP agent", "DHCP agent"),
+            ("routers_without_l3_agent", "router(s) without an L3 agent", "L3 agent"),
+            ("floating_ips_not_active", "associated floating IP(s) not ACTIVE yet", "L3 agent")):
+        found = todo.get(key) or {"count": 0, "ids": []}
+        if found["count"] and (needs is None or needs in live):
+            more = ", ..." if found["count"] > len(found["ids"]) else ""
+            out.append(f"{found['count']} {what}: {', '.join(found['ids'])}{more}")
+    return out
 
 
 def _dnsmasq(cfg: config.Config) -> list[dict[str, object]]:
@@ -399,7 +426,7 @@ def cmd_status(args: argparse.Namespace, cfg: config.Config) -> int:
         report["api"] = {"reachable": False, "error": str(exc)}
         problems.append(f"API: {exc}")
     report["dnsmasq"] = _dnsmasq(cfg)
-    problems += [f"{a['type']} on {a['host']} is not reporting (dead?)" for a in report["agents"] if not a["alive"]]
+    problems += _cluster_problems(report)
     problems += [f"dnsmasq for network {d['network']} is not running" for d in report["dnsmasq"] if not d["running"]]
     report["problems"] = problems
     if args.format == "json":
@@ -413,8 +440,18 @@ def cmd_status(args: argparse.Namespace, cfg: config.Config) -> int:
         print("  process: no pid file here (started from another state dir, or not at all)")
     if report["counts"]:
         print("  intent:  " + ", ".join(f"{v} {k}" for k, v in report["counts"].items()))
+    if "revision" in report:
+        feed = report["feed"]
+        print(f"  feed:    revision {report['revision']} (pruned through {report['pruned_through']}); "
+              f"{feed['server']} {'LISTENs' if feed['listening'] else 'polls'}, {feed['waiters']} agents waiting")
+    for s in report.get("servers", []):
+        print(f"  server:  {s['url']:<28} on {s['hostname']} pid {s['pid']}, {'alive' if s['alive'] else 'DEAD'}, "
+              f"last seen {s['heartbeat']}")
     for a in report["agents"]:
-        print(f"  agent:   {a['type']:<20} on {a['host']:<20} {'alive' if a['alive'] else 'DEAD'}")
+        hosts = ", ".join(f"{v} {k}" for k, v in a.get("hosts", {}).items())
+        behind = "" if a.get("behind") is None else f", {a['behind']} behind"
+        print(f"  agent:   {a['type']:<20} on {a['host']:<20} {'alive' if a['alive'] else 'DEAD'}, last seen "
+              f"{a.get('heartbeat', '?')}, revision {a.get('revision') or '-'}{behind}; hosts {hosts or 'nothing'}")
     running = sum(1 for d in report["dnsmasq"] if d["running"])
     print(f"  dnsmasq: {running} running here for {len(report['dnsmasq'])} served networks")
     print("  status:  " + ("OK" if not problems else "PROBLEMS\n    - " + "\n    - ".join(problems)))

@@ -137,21 +137,26 @@ class Client:
         await self.aclose()
 
 
-def agent_credentials(cfg: Config) -> Credentials:
+def agent_credentials(cfg: Config, server_url: str | None = None) -> Credentials:
     """The credentials a remote agent (and the tools next to it) use: ``agent.username/password/project``
-    at ``agent.auth_url``, else the server's own identity service."""
+    at ``agent.auth_url``, else the identity service of the server it talks to (``server_url``: the first
+    of ``agent.server_url`` unless given; every server shares the database, and so the identity)."""
     a = cfg.agent
     if a.auth_url:
         return Credentials(a.username, a.password, a.project, a.auth_url)
-    return Credentials(a.username, a.password, a.project, a.server_url, "/identity/v3")
+    url = server_url if server_url is not None else (a.server_urls() or [""])[0]
+    return Credentials(a.username, a.password, a.project, url, "/identity/v3")
 
 
-def for_config(cfg: Config) -> Client:
-    """A client for this configuration's server: ``agent.server_url`` when set (with the agent's
-    credentials), else the local ``neutrino up`` (its unix socket when present, else its public URL) as the
-    identity admin (``identity.admin_password``, or the password generated in the state dir)."""
-    if cfg.agent.server_url:
-        return Client(cfg.agent.server_url, None if cfg.identity.mode == "noauth" else agent_credentials(cfg))
+def for_config(cfg: Config, server_url: str | None = None) -> Client:
+    """A client for this configuration's server: ``server_url``, else the first of ``agent.server_url`` when
+    set (with the agent's credentials), else the local ``neutrino up`` (its unix socket when present, else
+    its public URL) as the identity admin (``identity.admin_password``, or the password generated in the
+    state dir)."""
+    if server_url is None and cfg.agent.server_url:
+        server_url = cfg.agent.server_urls()[0]
+    if server_url:
+        return Client(server_url, None if cfg.identity.mode == "noauth" else agent_credentials(cfg, server_url))
     sock = Path(cfg.state_dir).resolve() / cfg.api.socket if cfg.api.socket else None
     url = f"unix:{sock}" if sock is not None and sock.exists() else cfg.public_url
     if cfg.identity.mode == "noauth":

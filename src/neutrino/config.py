@@ -98,12 +98,22 @@ class AgentConfig:
     # A full pass at least this often, even when nothing woke the agent: repairs what no event reported.
     resync_seconds: float = 2.0
     agent_down_seconds: float = 75.0
-    server_url: str = ""  # empty in `neutrino up`: the in-process server
+    # The API server(s) a stand-alone agent (and the CLI) talks to: one URL, or several separated by commas;
+    # the agent fails over to the next when one does not answer. Empty in `neutrino up`: the in-process one.
+    server_url: str = ""
     # A remote agent authenticates with these (an admin of the server's identity service).
     auth_url: str = ""  # empty: <server_url>/identity/v3
     username: str = "admin"
     password: str = ""
     project: str = "admin"
+
+    def server_urls(self) -> list[str]:
+        """``server_url`` as a list (comma- or space-separated)."""
+        urls = [u for u in self.server_url.replace(",", " ").split() if u]
+        bad = [u for u in urls if not u.startswith(("http://", "https://", "unix:"))]
+        if bad:
+            raise ConfigError(f"agent.server_url: {bad[0]!r} is not an http(s):// or unix: URL")
+        return urls
 
 
 @dataclass(slots=True)

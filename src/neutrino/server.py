@@ -8,11 +8,14 @@ import gc
 import logging
 import os
 import tempfile
+import uuid
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import uvicorn
 import yaml
+from sqlalchemy import Connection
 from starlette.applications import Starlette
 
 from neutrino.api.app import create_app
@@ -20,6 +23,8 @@ from neutrino.config import Config
 from neutrino.db.engine import Database
 from neutrino.db.migrate import upgrade
 from neutrino.errors import ConfigError
+from neutrino.services.standard import now
+from neutrino.sync import cluster, retention
 
 if TYPE_CHECKING:
     from neutrino.identity import Identity
@@ -107,8 +112,11 @@ async def serve(cfg: Config, app: Starlette, stop: asyncio.Event) -> None:
     servers = [uvicorn.Server(c) for c in configs]
     for server in servers:
         server.capture_signals = contextlib.nullcontext  # type: ignore[method-assign,assignment]
+    api = app.state.api
+    api.feed.start()
+    server_id = str(uuid.uuid4())
     tasks = [asyncio.create_task(server.serve()) for server in servers]
-    watcher = asyncio.create_task(watch_liveness(cfg, app, stop))
+    watcher = asyncio.create_task(watch_liveness(cfg, app, stop, server_id))
     log.info("API listening on %s%s", cfg.public_url,
              f" and {Path(cfg.state_dir) / cfg.api.socket}" if cfg.api.socket else "")
     stopper = asyncio.create_task(stop.wait())
@@ -121,20 +129,32 @@ async def serve(cfg: Config, app: Starlette, stop: asyncio.Event) -> None:
     await asyncio.gather(*tasks)
     if cfg.api.socket:
         (Path(cfg.state_dir) / cfg.api.socket).unlink(missing_ok=True)
+    with contextlib.suppress(Exception):  # the database may be what is going away
+        await asyncio.wait_for(api.write(lambda conn: cluster.leave(conn, server_id)), 2)
 
 
-async def watch_liveness(cfg: Config, app: Starlette, stop: asyncio.Event) -> None:
-    """Every few seconds, move routers and DHCP off agents that stopped reporting (services/liveness)."""
+async def watch_liveness(cfg: Config, app: Starlette, stop: asyncio.Event, server_id: str) -> None:
+    """Every few seconds: this server's row in ``servers`` (sync/cluster), routers and DHCP moved off agents
+    that stopped reporting (services/liveness), the change feed pruned below what live agents need
+    (sync/retention)."""
     from neutrino.services import liveness
 
     api = app.state.api
     every = max(1.0, min(10.0, cfg.agent.agent_down_seconds / 3))
+
+    async def housekeeping(what: str, fn: Callable[[Connection], object]) -> None:
+        try:
+            await api.write(fn)
+        except Exception as exc:  # a database hiccup must not end the watch
+            log.warning("%s failed: %s", what, exc)
+
+    await housekeeping("registering this server", lambda conn: cluster.beat(conn, server_id, cfg.public_url, now()))
     while not stop.is_set():
         with contextlib.suppress(asyncio.TimeoutError):
             await asyncio.wait_for(stop.wait(), every)
         if stop.is_set():
             return
-        try:
-            await api.write(lambda conn: liveness.reschedule_from_dead(conn, api.core))
-        except Exception as exc:  # a database hiccup must not end the watch
-            log.warning("rescheduling from dead agents failed: %s", exc)
+        await housekeeping("the server heartbeat", lambda conn: cluster.beat(conn, server_id, cfg.public_url, now()))
+        await housekeeping("rescheduling from dead agents", lambda conn: liveness.reschedule_from_dead(conn, api.core))
+        await housekeeping("pruning the change feed",
+                           lambda conn: retention.prune(conn, cfg.agent.agent_down_seconds, now()))

@@ -6,6 +6,7 @@ suite creates with Debian's initdb and removes at the end.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -62,11 +63,24 @@ class Postgres:
                         "-p", str(self.port), name], check=True)
         return f"{self.url_base}/{name}"
 
+    def restart(self) -> None:
+        """Stop the cluster (fast: every connection is cut) and start it again with the same options."""
+        subprocess.run(["runuser", "-u", "postgres", "--", str(PG_BIN / "pg_ctl"), "-D", str(self.datadir), "-m",
+                        "fast", "-w", "-l", str(self.datadir / "log"), "restart"], check=True,
+                       stdout=subprocess.DEVNULL)
+
 
 @pytest.fixture(scope="session")
 def postgres() -> Iterator[Postgres]:
     if not (PG_BIN / "initdb").exists():
         pytest.skip("PostgreSQL server binaries are not installed (apt-get install postgresql)")
+    with pg_cluster() as pg:
+        yield pg
+
+
+@contextlib.contextmanager
+def pg_cluster() -> Iterator[Postgres]:
+    """A throwaway PostgreSQL cluster on a free loopback port, removed on exit."""
     datadir = Path(tempfile.mkdtemp(prefix="neutrino-pg-"))
     shutil.chown(datadir, "postgres", "postgres")
     port = free_port()

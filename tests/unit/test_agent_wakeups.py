@@ -38,7 +38,7 @@ class FakeSource:
     async def report(self, rep: AgentReport) -> str:
         return "agent"
 
-    async def wait(self, after: int, timeout: float) -> int:
+    async def wait(self, after: int, timeout: float, host: str = "") -> int:
         deadline = time.monotonic() + timeout
         while self.revision <= after and time.monotonic() < deadline:
             self._moved.clear()

@@ -167,7 +167,7 @@ class Agent:
               "interface_driver": "linuxbridge"}
         for agent_type, conf in ((AgentType.L2, l2), (AgentType.DHCP, dhcp), (AgentType.L3, l3)):
             await self.source.report(AgentReport(host=s.host, agent_type=agent_type, configurations=conf,
-                                                 start_flag=start))
+                                                 start_flag=start, revision=self.revision))
 
     def reconcile(self, snap: Snapshot) -> tuple[int, set[PortId], list[str]]:
         changes, errors = 0, []
@@ -247,12 +247,15 @@ class Agent:
 
     # -- what wakes the loop: the feed (a task of its own) and the drivers' watches (reader callbacks) ----
     async def _follow_feed(self, stop: asyncio.Event) -> None:
-        """Long-poll the change feed; a revision newer than the last snapshot's wakes the loop."""
+        """Long-poll the change feed for changes that concern this host; one newer than the last snapshot
+        wakes the loop."""
         while not stop.is_set():
             after = max(self.feed_revision, self.snapshot.revision if self.snapshot is not None else 0, 0)
             try:
-                rev = await self.source.wait(after, self.settings.heartbeat_seconds)
+                rev = await self.source.wait(after, self.settings.heartbeat_seconds, self.settings.host)
             except Exception as exc:
+                if stop.is_set():
+                    return
                 log.warning("waiting for changes failed: %s", exc)
                 await _sleep_or_stop(stop, 1.0)
                 continue

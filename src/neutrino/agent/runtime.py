@@ -9,7 +9,7 @@ from pathlib import Path
 
 from neutrino.agent.loop import Agent, AgentSettings, Driver
 from neutrino.agent.source import HttpSource
-from neutrino.client import agent_credentials
+from neutrino.client import Client, agent_credentials
 from neutrino.config import Config
 from neutrino.dataplane import ownership as own
 from neutrino.intent.source import IntentSource
@@ -47,12 +47,14 @@ def drivers(cfg: Config, s: AgentSettings) -> list[Driver]:
 
 def build(cfg: Config, source: IntentSource | None = None) -> Agent:
     """The agent of this host, reading from ``source`` (the server in-process, ``neutrino up``) or, when
-    none is given, from ``agent.server_url`` over HTTP (a stand-alone ``neutrino agent``)."""
+    none is given, from ``agent.server_url`` over HTTP (a stand-alone ``neutrino agent``; several URLs: it
+    fails over between them)."""
     s = settings(cfg)
     if source is None:
-        if not cfg.agent.server_url:
+        urls = cfg.agent.server_urls()
+        if not urls:
             raise ValueError("agent.server_url is required for a stand-alone agent")
-        source = HttpSource(cfg.agent.server_url, agent_credentials(cfg))
+        source = HttpSource([Client(u, agent_credentials(cfg, u)) for u in urls])
     return Agent(source, s, drivers(cfg, s))
 
 

@@ -20,8 +20,9 @@ from neutrino.api.state import api_of
 from neutrino.errors import BadRequest
 from neutrino.intent import codec
 from neutrino.intent.report import AgentReport, PortStatus
-from neutrino.services import dhcp
+from neutrino.services import dhcp, standard
 from neutrino.services import networks as net_service
+from neutrino.sync import cluster
 
 MAX_WAIT_SECONDS = 55.0  # below common proxy idle timeouts; the agent simply asks again
 
@@ -117,10 +118,25 @@ async def wait(request: Request) -> Response:
     await api.admin_context(request, "get_snapshot")
     after = _number(request, "after", int, "0", 0, 1 << 62)
     timeout = _number(request, "timeout", float, "25", 0.0, MAX_WAIT_SECONDS)
-    return json_response({"revision": await api.channel.wait(after, timeout)})
+    host = request.query_params.get("host", "")  # none: woken by every change
+    if len(host) > 255:
+        raise BadRequest("host must be at most 255 characters", type="HTTPBadRequest")
+    return json_response({"revision": await api.channel.wait(after, timeout, host)})
 
 
 async def port_status(request: Request) -> Response:
     api = api_of(request)
     await api.admin_context(request, "update_port:status")
     return json_response({"changed": await api.channel.port_status(parse_port_status(await api.body(request)))})
+
+
+async def cluster_status(request: Request) -> Response:
+    """``neutrino status``: servers, agents, what has not converged (sync/cluster), and this server's feed."""
+    api = api_of(request)
+    await api.admin_context(request, "get_agent")
+    down = api.cfg.agent.agent_down_seconds
+    found: dict[str, Any] = await api.read(lambda conn: cluster.view(conn, down, standard.now()))
+    feed = api.feed.state()
+    found["feed"] = {"server": api.base_url, "listening": feed.listening, "tail": feed.tail,
+                     "waiters": feed.waiters, "wakeups": feed.wakeups}
+    return json_response(found)

@@ -52,6 +52,7 @@ ROUTES = [
     ("/agent-api/v1/snapshot", agents.snapshot, [GET]),
     ("/agent-api/v1/wait", agents.wait, [GET]),
     ("/agent-api/v1/port-status", agents.port_status, [POST]),
+    ("/agent-api/v1/status", agents.cluster_status, [GET]),
     ("/v2.0/{collection}", collections.collection, [GET, POST]),
     ("/v2.0/{collection}/{id}", collections.member, [GET, PUT, DELETE]),
 ]

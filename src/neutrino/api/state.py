@@ -29,7 +29,6 @@ from neutrino.db.engine import Database
 from neutrino.errors import NotFound, PolicyNotAuthorized, Unauthorized
 from neutrino.services import agents, floatingips, networks, ports, routers, secgroups, sgrules, subnets
 from neutrino.services.core import Core
-from neutrino.sync import snapshot
 from neutrino.sync.channel import Channel
 from neutrino.sync.feed import Feed
 
@@ -81,7 +80,7 @@ class Api:
         self.core = Core(cfg)
         self.base_url = cfg.public_url
         self.bindings = bindings(cfg)
-        self.feed = Feed(lambda: self.read(snapshot.current_revision))
+        self.feed = Feed(self.read, None if db.is_sqlite else db.url)
         self.channel = Channel(self.core, self.read, self.write, self.feed)
 
     async def context(self, request: Request) -> RequestContext:

@@ -22,6 +22,8 @@ from sqlalchemy import Connection, Engine, Table, create_engine, event, select
 from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
 from sqlalchemy.pool import QueuePool
 
+from neutrino.db import feed
+
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
@@ -55,14 +57,18 @@ class Database:
 
     @contextmanager
     def _write_once(self) -> Iterator[Connection]:
+        """One write transaction; the change feed rows it records are written last (``db.feed``)."""
         if self.is_sqlite:
             with self._write_lock, self.engine.connect() as conn:
-                conn = conn.execution_options(neutrino_write=True)
+                conn = feed.collect(conn.execution_options(neutrino_write=True))
                 with conn.begin():
                     yield conn
+                    feed.flush(conn)
         else:
             with self.engine.connect() as conn, conn.begin():
+                conn = feed.collect(conn)
                 yield conn
+                feed.flush(conn)
 
     def write(self, fn: Callable[[Connection], T], *, attempts: int = 8) -> T:
         """Run ``fn`` in one write transaction, retrying it whole on races the database detected."""

@@ -159,6 +159,9 @@ agents = Table(
     Column("created_at", DateTime, nullable=False),
     Column("started_at", DateTime, nullable=False),
     Column("heartbeat_timestamp", DateTime, nullable=False),
+    # The feed revision of the last snapshot the host's agent applied in full (its heartbeat says; NULL: an
+    # agent that does not say). The change feed is pruned below the lowest of the live agents'.
+    Column("revision", BigInteger, nullable=True),
     UniqueConstraint("agent_type", "host", name="uq_agents_type_host"),
 )
 
@@ -181,6 +184,18 @@ changes = Table(
     Column("network_id", ID, nullable=True),
     Column("host", String(255), nullable=True),
     Column("at", DateTime, nullable=False),
+)
+
+# The API servers sharing this database, each refreshing its row while it runs (``neutrino status``).
+servers = Table(
+    "servers",
+    metadata,
+    Column("id", ID, primary_key=True),
+    Column("url", String(255), nullable=False),
+    Column("hostname", String(255), nullable=False),
+    Column("pid", Integer, nullable=False),
+    Column("started_at", DateTime, nullable=False),
+    Column("heartbeat_at", DateTime, nullable=False),
 )
 
 # Server-side state that must survive restarts (e.g. the builtin identity's signing secret).

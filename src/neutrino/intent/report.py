@@ -16,6 +16,9 @@ class AgentReport:
     configurations: dict[str, Any] = field(default_factory=dict)
     availability_zone: str | None = "nova"
     start_flag: bool = False  # the agent (re)started: started_at moves
+    # The feed revision of the last snapshot the agent applied in full (0: none yet); the server keeps the
+    # change feed above the lowest of the live agents'.
+    revision: int = 0
 
 
 @dataclass(frozen=True, slots=True)

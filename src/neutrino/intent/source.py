@@ -14,8 +14,9 @@ class IntentSource(Protocol):
         """Register or refresh the agent; returns its id."""
         ...
 
-    async def wait(self, after: int, timeout: float) -> int:
-        """The feed's revision once it passes ``after`` (or when ``timeout`` runs out)."""
+    async def wait(self, after: int, timeout: float, host: str = "") -> int:
+        """The revision of the newest change after ``after`` that concerns ``host`` (any change: ''), as
+        soon as there is one; ``after`` when ``timeout`` runs out first."""
         ...
 
     async def snapshot(self, host: str) -> Snapshot:

@@ -46,12 +46,15 @@ def report(conn: Connection, rep: AgentReport) -> tuple[str, bool]:
         conn.execute(insert(agents).values(
             id=agent_id, agent_type=rep.agent_type.value, binary=BINARY, topic=TOPICS[rep.agent_type],
             host=rep.host, availability_zone=rep.availability_zone, admin_state_up=True, description="",
-            configurations=rep.configurations, created_at=now, started_at=now, heartbeat_timestamp=now))
+            configurations=rep.configurations, created_at=now, started_at=now, heartbeat_timestamp=now,
+            revision=rep.revision or None))
         standard.emit(conn, "agent", agent_id, "create", host=rep.host)
         return agent_id, True
     values: dict[str, Any] = {"heartbeat_timestamp": now, "configurations": rep.configurations}
     if rep.start_flag:
         values["started_at"] = now
+    if rep.revision:
+        values["revision"] = rep.revision
     conn.execute(sql_update(agents).where(agents.c.id == row.id).values(**values))
     return str(row.id), False
 

@@ -13,7 +13,8 @@ from typing import Any
 
 from sqlalchemy import Connection, Table, delete, insert, select, update
 
-from neutrino.db.schema import changes, tags
+from neutrino.db import feed
+from neutrino.db.schema import tags
 from neutrino.errors import InvalidInput, PreconditionFailed, not_found
 
 # API attribute -> column for the attributes every resource shares. Each service extends it with its own
@@ -81,8 +82,10 @@ def bump(conn: Connection, table: Table, row_id: str, values: dict[str, Any] | N
 
 def emit(conn: Connection, resource: str, resource_id: str, op: str, *,
          network_id: str | None = None, host: str | None = None) -> None:
-    conn.execute(insert(changes).values(resource=resource, resource_id=resource_id, op=op,
-                                        network_id=network_id, host=host, at=now()))
+    """A row of the change feed, written when the transaction commits (``db.feed``). ``network_id`` and
+    ``host`` say which agents it concerns (``sync.interest``): name them whenever the change has them."""
+    feed.record(conn, {"resource": resource, "resource_id": resource_id, "op": op, "network_id": network_id,
+                       "host": host, "at": now()})
 
 
 CHUNK = 900  # ids per IN (...) list; above it, read the whole (indexed) table once

@@ -60,8 +60,8 @@ class Channel:
         agent_id: str = await self._write(lambda conn: register(conn, self.core, rep))
         return agent_id
 
-    async def wait(self, after: int, timeout: float) -> int:
-        return await self.feed.wait(after, timeout)
+    async def wait(self, after: int, timeout: float, host: str = "") -> int:
+        return await self.feed.wait(after, timeout, host or None)
 
     async def snapshot(self, host: str) -> Snapshot:
         down_after = self.core.cfg.agent.agent_down_seconds
