@@ -1,18 +1,17 @@
 """compile_host (pure): a host's complete desired state from the intent snapshot.
 
 Networks present on a host: those with a port bound to it, plus those whose DHCP it serves. Each gets a
-bridge ``brq<11>`` with one uplink: ``vxlan-<vni>`` (tenant networks, unicast flooding to the other
-hosts that have the network, FDB entries for their ports' MACs), the mapped physical interface (flat),
-or ``<iface>.<vid>`` (VLAN). DHCP ports become agent-owned veths into ``qdhcp-<network>``, routers
-(compile/routers.py) ``qrouter-<router>`` namespaces whose networks are present too; instance
-ports (``compute:*``) are taps created by the instance tooling, which the agent plugs into the bridge; those
-with port security are filtered by the host's bridge and inet tables (compile/secgroups.py).
+bridge ``brq<11>`` with one uplink: ``vxlan-<vni>`` (tenant networks: ``vxlan_forwarding``), the mapped
+physical interface (flat), or ``<iface>.<vid>`` (VLAN). DHCP ports become agent-owned veths into
+``qdhcp-<network>``, routers (compile/routers.py) ``qrouter-<router>`` namespaces whose networks are present
+too; instance ports (``compute:*``) are taps created by the instance tooling, which the agent plugs into
+the bridge; those with port security are filtered by the host's bridge and inet tables (compile/secgroups.py).
 """
 
 from __future__ import annotations
 
 import ipaddress
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 from neutrino.compile.dhcp import compile_dhcp, dnsmasq_daemon
 from neutrino.compile.routers import compile_router, router_ports
@@ -32,7 +31,6 @@ from neutrino.compile.state import (
 from neutrino.intent.model import (
     COMPUTE_OWNER_PREFIX,
     DeviceOwner,
-    HostName,
     NetworkType,
     PortSpec,
     RouterId,
@@ -40,6 +38,39 @@ from neutrino.intent.model import (
 )
 
 IPV6_MIN_MTU = 1280
+FLOOD_MAC = "00:00:00:00:00:00"
+
+
+def vxlan_forwarding(snap: Snapshot, host: str, local_ip: str,
+                     ports: Sequence[PortSpec]) -> tuple[tuple[str, ...], tuple[tuple[str, str], ...]]:
+    """Where a VXLAN network's frames go from ``host`` (the l2population idea, from port bindings alone):
+    broadcast, multicast and unknown unicast to the tunnel endpoints of the other live hosts that have a
+    port on the network (``flood``, the all-zero FDB entries), and unicast to each MAC of a port on another
+    live host straight to that host (``fdb``). ``ports``: every port of the network.
+
+    A port's MACs are its own and its allowed address pairs'. A MAC claimed on two remote hosts (a VIP's
+    MAC in the pairs of ports on both) or also on this host gets no entry: one entry cannot follow it, and
+    the kernel drops frames from a MAC whose static entry names another endpoint; such a MAC is flooded to
+    the network's hosts and learned. ARP/ND proxy entries are left out on purpose: a VXLAN device in proxy
+    mode drops every ARP request it has no entry for (gratuitous ARP, a VIP moving between ports, an
+    address-pair CIDR), which Neutron's semantics must let through.
+    """
+    vteps: dict[str, set[str]] = {}
+    local_macs: set[str] = set()
+    for p in ports:
+        macs = {p.mac_address.lower()} | {pair.mac_address.lower() for pair in p.allowed_address_pairs}
+        if p.host == host:
+            local_macs |= macs
+            continue
+        remote = snap.hosts.get(p.host) if p.host is not None else None
+        if remote is None or str(remote.tunnel_ip) == local_ip:  # unbound, or its host's agent is not alive
+            continue
+        for mac in macs:
+            vteps.setdefault(mac, set()).add(str(remote.tunnel_ip))
+    flood = tuple(sorted({ip for ips in vteps.values() for ip in ips}))
+    fdb = tuple(sorted((mac, next(iter(ips))) for mac, ips in vteps.items()
+                       if len(ips) == 1 and mac not in local_macs and mac != FLOOD_MAC))
+    return flood, fdb
 
 
 def _port_interfaces(snap: Snapshot, port: PortSpec, dhcp_only: bool) -> tuple[Interface, ...]:
@@ -60,11 +91,9 @@ def compile_host(snap: Snapshot, host: str, tunnel_ip: str,
     router_nets = {p.network_id for _, r in sorted(snap.routers.items()) if r.admin_state_up
                    for p in router_ports(snap, r)}
     net_ids = sorted({p.network_id for p in mine} | {d.network_id for d in dhcp} | router_nets)
-    # Which hosts have which network (for VXLAN flooding and FDB).
-    hosts_of: dict[str, set[str]] = {}
+    ports_of: dict[str, list[PortSpec]] = {}  # for VXLAN flooding and FDB
     for p in snap.ports.values():
-        if p.host:
-            hosts_of.setdefault(p.network_id, set()).add(p.host)
+        ports_of.setdefault(p.network_id, []).append(p)
     bridges, vxlans, vlans, problems = [], [], [], []
     for net_id in net_ids:
         net = snap.networks.get(net_id)
@@ -74,10 +103,7 @@ def compile_host(snap: Snapshot, host: str, tunnel_ip: str,
         uplink: str | None = None
         if net.network_type == NetworkType.VXLAN and net.segmentation_id:
             uplink = f"vxlan-{net.segmentation_id}"
-            remotes = sorted(HostName(h) for h in hosts_of.get(net_id, set()) if h != host and h in snap.hosts)
-            flood = tuple(sorted({str(snap.hosts[h].tunnel_ip) for h in remotes}))
-            fdb = tuple(sorted((p.mac_address, str(snap.hosts[p.host].tunnel_ip)) for p in snap.ports.values()
-                               if p.network_id == net_id and p.host in remotes and p.host is not None))
+            flood, fdb = vxlan_forwarding(snap, host, tunnel_ip, ports_of.get(net_id, []))
             vxlans.append(VxlanSpec(uplink, net.segmentation_id, tunnel_ip, net.mtu, br, flood, fdb))
         elif net.network_type in (NetworkType.FLAT, NetworkType.VLAN):
             iface = interface_mappings.get(net.physical_network or "")
