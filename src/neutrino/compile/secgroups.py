@@ -23,14 +23,15 @@ and ``-ip6tables`` = 1 in the host's namespace, here as sysctls naming the filte
   - egress (prerouting, filter: after conntrack) dispatches on the egress mark (verdict map) to the
     sending port's chain; ingress (forward) on the ingress mark to the receiving port's chain. A packet
     between two filtered ports on this host passes both (a flooded one, each receiver's);
-  - a port's chain: for stateful groups ``ct state established,related accept``; DHCP/DHCPv6 client and
-    server replies and NDP/MLD as Neutron always allows them; ``ct state invalid drop``; a jump to each of
-    its groups' chain; drop. A group's chain (one per group and direction, shared by its ports) is its
-    rules, each an accept; remote groups are named sets of their members' addresses.
+  - a port's chain: ``jump stateful-<dir>`` (``ct state established,related accept``, DHCP/DHCPv6 and
+    NDP/MLD as Neutron always allows them, ``ct state invalid drop``) or ``stateless-<dir>`` (the same
+    without conntrack), a jump to each of its groups' chain, drop. A group's chain (one per group and
+    direction, shared by its ports) is its rules, each an accept; remote groups are named interval sets of
+    their members' addresses.
 
 Traffic that neither enters nor leaves through a filtered tap is never marked and never dispatched: DHCP
 ports, router ports, unfiltered ports and the VXLAN uplink pass untouched. Marks are 31-bit hashes of the
-port id (egress: the top bit set), zones 16-bit hashes of the network id, both stable across changes.
+port id (egress: the top bit set), zones 16-bit hashes of the bridge name, both stable across changes.
 """
 
 from __future__ import annotations
