@@ -12,7 +12,7 @@ say() { printf '\033[1m==> %s\033[0m\n' "$*" >&2; }
 
 # Runtime: the data path (issue 3 onwards) drives these in namespaces.
 pkgs=(iproute2 dnsmasq-base nftables conntrack isc-dhcp-client busybox iputils-ping python3-venv)
-[ $want_test = 1 ] && pkgs+=(postgresql)
+[ $want_test = 1 ] && pkgs+=(postgresql iperf3)  # iperf3: bench/secgroups.py
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
