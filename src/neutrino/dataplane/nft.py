@@ -36,6 +36,8 @@ from typing import Literal, Protocol
 from neutrino.compile.nft import NftTable, render_delete, render_sync, render_update, table_name
 from neutrino.compile.state import HostState
 from neutrino.dataplane import netlink as nl
+from neutrino.dataplane.libnft import LibNft
+from neutrino.dataplane.libnft import available as libnft_available
 from neutrino.dataplane.plane import Made, PlaneResult
 from neutrino.errors import KernelError
 from neutrino.intent.model import PortId
@@ -163,7 +165,7 @@ class NftPlane:
         self.name = name
         self.scope = scope
         self.table = table_name(owner)
-        self.nft = nft or NftCommand()
+        self.nft = nft or (LibNft() if libnft_available() else NftCommand())
         # key -> (table as set, its listing: the baseline for drift; None until taken, see _settle)
         self.applied: dict[TableKey, tuple[NftTable, str | None]] = {}
         self.gens: dict[str | None, int] = {}  # namespace -> nftables generation right after our last change
