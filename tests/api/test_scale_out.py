@@ -439,3 +439,49 @@ def test_feed_rows_become_visible_in_seq_order(pair: Pair) -> None:
         assert order == ["first", "second"]
     finally:
         db.dispose()
+
+
+@pytest.fixture(scope="module")
+def sqlite_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    tmp = tmp_path_factory.mktemp("scale-sqlite")
+    srv = start_server(tmp, f"sqlite:///{tmp / 'neutrino.db'}", "sqlite",
+                       {"NEUTRINO_AGENT__AGENT_DOWN_SECONDS": str(DOWN)})
+    try:
+        yield srv
+    finally:
+        srv.stop()
+
+
+def test_sqlite_one_server_filters_wakes_and_prunes(sqlite_server: Server) -> None:
+    """The embedded backend: the same host filter, woken by the writer itself; the feed pruned below the
+    live agent's revision, its newest row kept (the revision never goes back)."""
+    raw = Raw(sqlite_server.url, admin_token(sqlite_server))
+    x = SimHost(uniq("hx"), raw)
+    mine, other = network(raw), network(raw)
+    port(raw, mine, x.name)
+    after = revision(raw, x.name)
+    pool, fut = waiting(lambda: x.wait(after, 1.5))
+    time.sleep(0.1)
+    port(raw, other, uniq("hy"))
+    rev, took = fut.result(10)
+    pool.shutdown()
+    assert rev == after and took >= 1.4
+    pool, fut = waiting(lambda: x.wait(after, 10))
+    time.sleep(0.1)
+    started = time.monotonic()
+    port(raw, mine)
+    rev, _ = fut.result(10)
+    pool.shutdown()
+    assert rev > after and time.monotonic() - started < 0.5
+    x.beat(rev)
+    newest = revision(raw, x.name)
+    deadline = time.monotonic() + 10
+    while status(raw)["pruned_through"] < rev:
+        assert time.monotonic() < deadline, status(raw)
+        time.sleep(0.2)
+    assert status(raw)["pruned_through"] == rev and revision(raw, x.name) == newest
+    x.beat(newest)  # nothing newer than the newest row: it stays
+    time.sleep(3)
+    assert status(raw)["pruned_through"] == newest - 1 and revision(raw, x.name) == newest
+    port(raw, mine)
+    assert revision(raw, x.name) == newest + 1
