@@ -78,6 +78,10 @@ class FakeNft:
     def run(self, ns: str | None, script: str) -> None:
         if self.fail:
             raise KernelError("nft failed")
+        for line in script.splitlines():  # one transaction: creating a table that exists applies nothing
+            words = line.split()
+            if words[:2] == ["create", "table"] and (ns, words[2], words[3]) in self.store:
+                raise KernelError("nft failed: Error: Could not process rule: File exists")
         self.scripts.append(script)
         for line in script.splitlines():
             words = line.split()
@@ -133,6 +137,46 @@ def test_nft_plane_full_sync_after_failure_drift_and_sweep() -> None:
     assert not plane.full and nft.scripts[-1].startswith("table inet neutrino-me\ndelete table")
     plane.sync(HostState())
     assert ("ns1", "inet", "neutrino-me") not in nft.store
+
+
+def test_nft_plane_creates_tables_it_saw_absent_and_replaces_those_it_saw() -> None:
+    """Replacing means deleting, which costs the kernel an RCU grace period per table (~12 ms): a table
+    seen not to exist is created instead, in a transaction that fails should it exist after all."""
+    nft = FakeNft()
+    plane = NftPlane("me", nft)
+    t1, t2 = NftTable("ns1", "ip", BODY, (A,)), NftTable("ns2", "ip", BODY)
+    plane.sync(dataclasses.replace(HostState(), nft=(t1,)))  # first (full) pass, nothing there
+    assert nft.scripts[-1].startswith("create table ip neutrino-me\ntable ip neutrino-me {")
+    assert "delete" not in nft.scripts[-1]
+    plane.sync(dataclasses.replace(HostState(), nft=(t1, t2)))  # a new table in a later pass
+    assert nft.scripts[-1].startswith("create table ip neutrino-me\n") and len(nft.scripts) == 2
+    del nft.store[("ns1", "ip", "neutrino-me")]  # gone behind the agent's back: made again
+    plane.sync(dataclasses.replace(HostState(), nft=(t1, t2)))
+    assert nft.scripts[-1].startswith("create table") and ("ns1", "ip", "neutrino-me") in nft.store
+    nft.store[("ns1", "ip", "neutrino-me")] = "edited by hand"  # there, but not as set: replaced
+    plane.sync(dataclasses.replace(HostState(), nft=(t1, t2)))
+    assert nft.scripts[-1].startswith("table ip neutrino-me\ndelete table ip neutrino-me\n")
+
+    class Racing(FakeNft):
+        """While ``hide``: lists nothing, but the table exists (made between the look and the change)."""
+        hide = True
+
+        def listing(self, ns: str | None, family: str, name: str) -> str | None:
+            return None if self.hide else super().listing(ns, family, name)
+
+        def tables(self, ns: str | None) -> set[tuple[str, str]]:
+            return set() if self.hide else super().tables(ns)
+
+    racing = Racing()
+    racing.store[("ns1", "ip", "neutrino-me")] = "made meanwhile"
+    plane = NftPlane("me", racing)
+    with pytest.raises(KernelError, match="File exists"):
+        plane.sync(dataclasses.replace(HostState(), nft=(t1,)))
+    assert racing.store[("ns1", "ip", "neutrino-me")] == "made meanwhile" and plane.full
+    racing.hide = False  # the full pass after it sees the table
+    plane.sync(dataclasses.replace(HostState(), nft=(t1,)))
+    assert racing.scripts[-1].startswith("table ip neutrino-me\ndelete table") and \
+        racing.store[("ns1", "ip", "neutrino-me")] != "made meanwhile"
 
 
 def test_nft_plane_restarted_with_memory_reapplies_nothing_unless_the_table_changed(tmp_path: Path) -> None:

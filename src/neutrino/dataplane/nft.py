@@ -2,14 +2,15 @@
 namespace, ``bridge`` and ``inet`` in the host's where ports are filtered.
 
 A table is set whole: one ``nft -f`` transaction makes it, deletes it and makes it again with its content
-(compile/nft.py: ``render_sync``), so no half-applied state is ever visible. A table built from parts
-whose new version differs from the one set only in set elements or chain contents is updated in place
-instead (``render_update``: elements added/deleted, one chain flushed and filled): a membership or rule
-change moves only that, and conntrack, counters and every other chain stay. Whatever changes in one
-namespace in a pass is one transaction. After a change the plane keeps the table's listing; a pass lists
-each table again and a listing that differs (something else changed the table, or it is gone) is a full
-sync. The first pass, and the next pass after any failure, is a full sync of every table, and also sweeps
-this owner's tables that are not desired; tables of anyone else are never read or touched.
+(compile/nft.py: ``render_sync``), so no half-applied state is ever visible; a table just seen not to exist is
+only made (a delete costs the kernel an RCU grace period, ~12 ms, once per new router otherwise). A table
+built from parts whose new version differs from the one set only in set elements or chain contents is updated
+in place instead (``render_update``: elements added/deleted, one chain flushed and filled): a membership or
+rule change moves only that, and conntrack, counters and every other chain stay. Whatever changes in one
+namespace in a pass is one transaction. After a change the plane keeps the table's listing; a pass lists each
+table again and a listing that differs (something else changed the table, or it is gone) is a full sync. The
+first pass, and the next pass after any failure, is a full sync of every table, and also sweeps this owner's
+tables that are not desired; tables of anyone else are never read or touched.
 
 ``scope`` splits the work between two planes of one pipeline: the host's namespace ("host", run before
 the links plane, so an instance's tap is filtered before it is plugged into its bridge) and every other
@@ -127,6 +128,7 @@ class NftCommand:
 class SyncTable:
     table: NftTable
     why: str
+    absent: bool = False  # seen not to exist: created, not replaced (render_sync)
 
 
 @dataclass(frozen=True, slots=True)
@@ -235,12 +237,15 @@ class NftPlane:
                     same or (kept[1] is not None and obs.listings.get(key) == kept[1])):
                 self.applied[key] = (t, kept[1])  # set by an earlier run and untouched since: taken as it is
             elif self.full:
-                ops.append(SyncTable(t, "full sync"))
+                ops.append(SyncTable(t, "full sync", absent=key not in obs.found))
             elif have is not None and not same and (listing is None or obs.listings.get(key) != listing):
-                ops.append(SyncTable(t, "changed behind neutrino's back" if obs.listings.get(key) else "gone"))
+                gone = key in obs.listings and obs.listings[key] is None
+                ops.append(SyncTable(t, "gone" if gone else "changed behind neutrino's back", absent=gone))
             elif have is None or have.body != t.body:
                 script = render_update(have, t, self.owner) if have is not None else None
-                ops.append(UpdateTable(t, script) if script is not None else SyncTable(t, "content changed"))
+                absent = key in obs.listings and obs.listings[key] is None
+                ops.append(UpdateTable(t, script) if script is not None else
+                           SyncTable(t, "content changed", absent=absent))
         stale = (set(self.applied) | obs.found) - set(wanted)
         ops += [DeleteTable(ns, fam) for ns, fam in sorted(stale, key=str)]
         return ops
@@ -265,7 +270,7 @@ class NftPlane:
                         continue
                     t = op.table
                     self.applied.pop((t.namespace, t.family), None)
-                    script.append(render_sync(t, self.owner) if isinstance(op, SyncTable) else op.script)
+                    script.append(render_sync(t, self.owner, op.absent) if isinstance(op, SyncTable) else op.script)
                     if isinstance(op, SyncTable) and op.why != "full sync":
                         log.info("nft table %s %s in %s: %s; set again", t.family, self.table,
                                  t.namespace or "the host", op.why)
