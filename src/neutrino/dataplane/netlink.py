@@ -120,15 +120,40 @@ def _socket_in(namespace: str, make: Callable[[], T] = IPRoute) -> T:
 
 @contextlib.contextmanager
 def socket(namespace: str | None = None) -> Iterator[Any]:
-    """A netlink socket in ``namespace`` (None: the agent's own)."""
+    """A netlink socket in ``namespace`` (None: the agent's own): a ``Sock``."""
     try:
-        sock = IPRoute() if namespace is None else _socket_in(namespace)
+        sock = Sock(namespace)
     except (OSError, NetlinkError) as exc:
         raise KernelError(f"cannot open namespace: {exc}", namespace=namespace or "") from exc
     try:
         yield sock
     finally:
         sock.close()
+
+
+class Sock:
+    """The changes neutrino makes most (link settings, addresses, lookups by name) go as one plain netlink
+    request each through ``raw`` (``Writer``): ~0.05 ms, where pyroute2 took ~1 ms (its request objects, its
+    event loop, a full decode of every answer, and a lookup of the index first) -- at 1,000 routers ~20,000
+    of them in the first pass. Anything else (creating devices, routes, FDB entries, dumps) is asked of
+    pyroute2's ``IPRoute``, made in the same namespace on first use."""
+
+    def __init__(self, namespace: str | None = None) -> None:
+        self.namespace = namespace
+        self.raw = Writer(_raw_socket() if namespace is None else _socket_in(namespace, _raw_socket))
+        self._ipr: Any = None
+
+    def __getattr__(self, name: str) -> Any:  # pyroute2's API, for what the writer does not do
+        if name.startswith("_"):
+            raise AttributeError(name)
+        if self._ipr is None:
+            self._ipr = IPRoute() if self.namespace is None else _socket_in(self.namespace)
+        return getattr(self._ipr, name)
+
+    def close(self) -> None:
+        self.raw.close()
+        if self._ipr is not None:
+            self._ipr.close()
 
 
 # -- observation: read-only dumps through a plain socket ------------------------------------------------
@@ -307,6 +332,91 @@ def reader(namespace: str | None = None) -> Iterator[Reader]:
         sock.close()
 
 
+RTM_NEWLINK_, RTM_DELLINK_, RTM_NEWADDR, RTM_DELADDR = 16, 17, 20, 21
+NLM_F_ACK, NLM_F_EXCL, NLM_F_CREATE = 0x4, 0x200, 0x400
+IFF_UP = 0x1
+IFA_LOCAL, IFA_BROADCAST = 2, 4
+IFA_F_NODAD = 0x02
+
+
+def _rta(kind: int, data: bytes) -> bytes:
+    return _RTA.pack(4 + len(data), kind) + data + b"\0" * (-len(data) % 4)
+
+
+class Writer:
+    """One netlink request at a time through a plain socket, answered by the kernel's ack (or error)."""
+
+    def __init__(self, sock: stdsocket.socket) -> None:
+        self._sock = sock
+        self._seq = 0
+
+    def close(self) -> None:
+        self._sock.close()
+
+    def request(self, kind: int, body: bytes, flags: int = 0) -> bytes | None:
+        """Send; the reply's payload (a GET's answer), or None for an ack. Raises OSError with the
+        kernel's errno."""
+        self._seq += 1
+        seq = self._seq
+        ack = 0 if kind == RTM_GETLINK else NLM_F_ACK
+        self._sock.send(_NLMSG.pack(_NLMSG.size + len(body), kind, NLM_F_REQUEST | ack | flags, seq, 0) + body)
+        while True:
+            data = self._sock.recv(1 << 16)
+            off = 0
+            while off + _NLMSG.size <= len(data):
+                length, mtype, _flags, mseq, _pid = _NLMSG.unpack_from(data, off)
+                if length < _NLMSG.size:
+                    raise OSError(errno.EPROTO, "malformed netlink message")
+                if mseq == seq:
+                    if mtype == NLMSG_ERROR:
+                        code = -struct.unpack_from("=i", data, off + _NLMSG.size)[0]
+                        if code:
+                            raise OSError(code, os.strerror(code))
+                        return None
+                    return data[off + _NLMSG.size:off + length]
+                off += (length + 3) & ~3
+
+    @staticmethod
+    def _by_name(name: str, flags: int = 0, change: int = 0, *attrs: bytes) -> bytes:
+        return _IFINFO.pack(0, 0, 0, flags, change) + _rta(IFLA_IFNAME, name.encode() + b"\0") + b"".join(attrs)
+
+    def index(self, name: str) -> int | None:
+        try:
+            body = self.request(RTM_GETLINK, self._by_name(name, 0, 0, _rta(IFLA_EXT_MASK, _U32.pack(
+                RTEXT_FILTER_SKIP_STATS))))
+        except OSError as exc:
+            if exc.errno == errno.ENODEV:
+                return None
+            raise
+        return int(_IFINFO.unpack_from(body)[2]) if body else None
+
+    def set_link(self, name: str, master: int | None = None, mtu: int | None = None, up: bool | None = None,
+                 address: str | None = None, ifalias: str | None = None) -> None:
+        attrs = []
+        if master is not None:
+            attrs.append(_rta(IFLA_MASTER, _U32.pack(master)))
+        if mtu is not None:
+            attrs.append(_rta(IFLA_MTU, _U32.pack(mtu)))
+        if address is not None:
+            attrs.append(_rta(IFLA_ADDRESS, bytes.fromhex(address.replace(":", ""))))
+        if ifalias is not None:
+            attrs.append(_rta(IFLA_IFALIAS, ifalias.encode()))
+        flags, change = (IFF_UP if up else 0, IFF_UP) if up is not None else (0, 0)
+        self.request(RTM_NEWLINK_, self._by_name(name, flags, change, *attrs))
+
+    def delete_link(self, name: str) -> None:
+        self.request(RTM_DELLINK_, self._by_name(name))
+
+    def address(self, add: bool, link: int, iface: ipaddress.IPv4Interface | ipaddress.IPv6Interface) -> None:
+        family = stdsocket.AF_INET if iface.version == 4 else stdsocket.AF_INET6
+        flags = 0 if iface.version == 4 else IFA_F_NODAD  # ours by allocation: no DAD to wait for
+        attrs = [_rta(IFA_LOCAL, iface.ip.packed), _rta(IFA_ADDRESS, iface.ip.packed)]
+        if iface.version == 4:
+            attrs.append(_rta(IFA_BROADCAST, iface.network.broadcast_address.packed))
+        body = _IFADDR.pack(family, iface.network.prefixlen, flags, 0, link) + b"".join(attrs)
+        self.request(RTM_NEWADDR if add else RTM_DELADDR, body, NLM_F_CREATE | NLM_F_EXCL if add else 0)
+
+
 def _attr(msg: Any, name: str) -> Any:
     return msg.get_attr(name)
 
@@ -365,15 +475,16 @@ def _run(what: str, obj: str, namespace: str | None, fn: Any, *args: Any, **kw: 
         raise KernelError(f"{what} failed: {exc}", obj=obj, namespace=namespace or "", errno=exc.code) from exc
 
 
+def _raw_error(what: str, obj: str, namespace: str | None, exc: OSError) -> KernelError:
+    return KernelError(f"{what} failed: {exc.strerror}", obj=obj, namespace=namespace or "", errno=exc.errno)
+
+
 def index(sock: Any, name: str) -> int | None:
-    """A link's index by name: one RTM_GETLINK request (pyroute2's link_lookup dumps every link)."""
+    """A link's index by name: one RTM_GETLINK request."""
     try:
-        msgs = sock.link("get", ifname=name)
-    except NetlinkError as exc:
-        if exc.code == errno.ENODEV:
-            return None
-        raise KernelError(f"link lookup failed: {exc}", obj=name, errno=exc.code) from exc
-    return int(msgs[0]["index"]) if msgs else None
+        return sock.raw.index(name)  # type: ignore[no-any-return]
+    except OSError as exc:
+        raise _raw_error("link lookup", name, sock.namespace, exc) from exc
 
 
 def add_bridge(sock: Any, name: str, mtu: int, ns: str | None = None) -> None:
@@ -398,45 +509,47 @@ def add_veth(sock: Any, name: str, peer: str, peer_namespace: str | None, mtu: i
 
 
 def set_link(sock: Any, name: str, ns: str | None = None, **kw: Any) -> None:
-    idx = index(sock, name)
-    if idx is None:
-        raise KernelError("no such link", obj=name, namespace=ns or "")
-    if "master" in kw and kw["master"] is None:
-        kw["master"] = 0
-    _run("set link", name, ns, sock.link, "set", index=idx, **kw)
+    """Change a link found by name, one request: ``master`` (an index; None or 0 takes it off its bridge),
+    ``mtu``, ``state`` ("up"/"down"), ``address`` (MAC), ``ifalias``."""
+    unknown = set(kw) - {"master", "mtu", "state", "address", "ifalias"}
+    if unknown:
+        raise TypeError(f"set_link: unknown settings {sorted(unknown)}")
+    state = kw.get("state")
+    try:
+        sock.raw.set_link(name, master=(kw["master"] or 0) if "master" in kw else None, mtu=kw.get("mtu"),
+                          up=None if state is None else state == "up", address=kw.get("address"),
+                          ifalias=kw.get("ifalias"))
+    except OSError as exc:
+        if exc.errno == errno.ENODEV:
+            raise KernelError("no such link", obj=name, namespace=ns or "") from exc
+        raise _raw_error("set link", name, ns, exc) from exc
 
 
 def delete_link(sock: Any, name: str, ns: str | None = None) -> None:
     """Delete if present (a veth may vanish on its own when its peer's namespace goes)."""
-    idx = index(sock, name)
-    if idx is None:
-        return
     try:
-        sock.link("del", index=idx)
-    except NetlinkError as exc:
-        if exc.code != errno.ENODEV:
-            raise KernelError(f"delete link failed: {exc}", obj=name, namespace=ns or "", errno=exc.code) from exc
+        sock.raw.delete_link(name)
+    except OSError as exc:
+        if exc.errno != errno.ENODEV:
+            raise _raw_error("delete link", name, ns, exc) from exc
 
 
 def add_address(sock: Any, link: int, iface: ipaddress.IPv4Interface | ipaddress.IPv6Interface, obj: str,
                 ns: str | None = None) -> None:
-    kw: dict[str, Any] = {"index": link, "address": str(iface.ip), "prefixlen": iface.network.prefixlen}
-    if iface.version == 4:
-        kw["broadcast"] = str(iface.network.broadcast_address)
-    else:
-        kw["flags"] = 0x02  # IFA_F_NODAD: the address is ours by allocation; do not wait for DAD
+    """Add (IPv4 with its broadcast address, IPv6 without DAD: the address is ours by allocation); there
+    already is fine."""
     try:
-        sock.addr("add", **kw)
-    except NetlinkError as exc:
-        if exc.code != errno.EEXIST:
-            raise KernelError(f"add address {iface} failed: {exc}", obj=obj, namespace=ns or "",
-                              errno=exc.code) from exc
+        sock.raw.address(True, link, iface)
+    except OSError as exc:
+        if exc.errno != errno.EEXIST:
+            raise KernelError(f"add address {iface} failed: {exc.strerror}", obj=obj, namespace=ns or "",
+                              errno=exc.errno) from exc
 
 
 def delete_address(sock: Any, link: int, iface: ipaddress.IPv4Interface | ipaddress.IPv6Interface, obj: str,
                    ns: str | None = None) -> None:
-    with contextlib.suppress(NetlinkError):
-        sock.addr("del", index=link, address=str(iface.ip), prefixlen=iface.network.prefixlen)
+    with contextlib.suppress(OSError):
+        sock.raw.address(False, link, iface)
 
 
 def replace_default_route(sock: Any, gateway: str, link: int, obj: str, ns: str | None = None) -> None:
