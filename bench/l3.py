@@ -195,7 +195,7 @@ class Lab:
 
 
 @contextlib.contextmanager
-def open_lab(name: str, log_level: str = "INFO") -> Iterator[Lab]:
+def open_lab(name: str) -> Iterator[Lab]:
     tmp = Path(tempfile.mkdtemp(prefix=f"neutrino-bench-l3-{name}-"))
     server_env = {"NEUTRINO_AGENT__AGENT_DOWN_SECONDS": "3600", "NEUTRINO_QUOTAS__ROUTER": "-1",
                   "NEUTRINO_QUOTAS__FLOATINGIP": "-1", "NEUTRINO_QUOTAS__SECURITY_GROUP_RULE": "-1"}
@@ -209,7 +209,7 @@ def open_lab(name: str, log_level: str = "INFO") -> Iterator[Lab]:
         host = underlay.add_host("h1")
         state = tmp / "h1"
         state.mkdir()
-        env = dict(agent_env(tmp, host, state, log_level),
+        env = dict(agent_env(tmp, host, state, "INFO"),
                    NEUTRINO_AGENT__PHYSICAL_INTERFACE_MAPPINGS=f"{PUBLIC_PHYSNET}:{PUBLIC_INTERFACE}")
         api = httpx.Client(base_url=server.url, headers={"X-Auth-Token": admin_token(server)}, timeout=120)
         undo.callback(api.close)
@@ -418,10 +418,28 @@ def nft_tables(lab: Lab) -> dict[str, int]:
     return out
 
 
+@contextlib.contextmanager
+def profiled(args: argparse.Namespace, pid: int, name: str) -> Iterator[None]:
+    """With --py-spy: the agent sampled by py-spy while the block runs (collapsed stacks in the temp dir,
+    idle threads included: wall-clock time)."""
+    if not args.py_spy:
+        yield
+        return
+    out = Path(tempfile.gettempdir()) / f"neutrino-l3-{name}.txt"
+    spy = subprocess.Popen([args.py_spy, "record", "--pid", str(pid), "--format", "raw", "--rate", "50", "--idle",
+                            "-o", str(out)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        yield
+    finally:
+        spy.send_signal(signal.SIGINT)
+        spy.wait(60)
+        progress(f"py-spy: {out}")
+
+
 def lab_scale(args: argparse.Namespace) -> list[tuple[str, str]]:
     n, gateways, r_n = args.routers, min(args.gateways, args.routers), args.rate_count
     rows: list[tuple[str, str]] = []
-    with open_lab("scale", log_level="DEBUG") as lab:  # DEBUG: idle passes are logged too
+    with open_lab("scale") as lab:
         ext, _ = lab.external(SCALE_EXTERNAL)
         lab.underlay.upstream_run(["ip", "route", "add", str(SCALE_EXTERNAL), "dev", "eth0"], check=True)
         lab.start_agent()  # registers the host's L3 agent (routers are scheduled to it), then stops
@@ -468,7 +486,8 @@ def lab_scale(args: argparse.Namespace) -> list[tuple[str, str]]:
         start = time.monotonic()
         lab.start_agent()
         assert lab.agent is not None
-        wait_for("every router port ACTIVE", lambda: active() >= expected, args.timeout, 0.25)
+        with profiled(args, lab.agent.pid, "converge"):
+            wait_for("every router port ACTIVE", lambda: active() >= expected, args.timeout, 0.25)
         converged = time.monotonic() - start
         changes, own_ms = lab.first_pass(offset, 30)
         rows += [(f"converge from empty: {n} routers, {expected} router ports (agent start -> all ACTIVE)",
@@ -484,24 +503,22 @@ def lab_scale(args: argparse.Namespace) -> list[tuple[str, str]]:
 
         progress(f"idle agent for {args.idle:g} s")
         time.sleep(3)
-        offset, cpu = len(lab.log.read_bytes()), cpu_seconds(lab.agent.pid)
-        time.sleep(args.idle)
+        cpu = cpu_seconds(lab.agent.pid)
+        with profiled(args, lab.agent.pid, "idle"):
+            time.sleep(args.idle)
         used = cpu_seconds(lab.agent.pid) - cpu
-        text = lab.log.read_bytes()[offset:].decode(errors="replace")
-        passes = [int(ms) for c, ms in re.findall(r"pass \d+ at revision \d+: (\d+) changes in (\d+) ms", text)
-                  if c == "0"]
-        rows += [(f"idle agent at {n} routers: CPU", f"{used / args.idle:.0%} of a core"),
-                 ("  idle passes (a full one at least every 2 s): count / median own time",
-                  f"{len(passes)} in {args.idle:g} s / {statistics.median(passes) if passes else 0:.0f} ms")]
+        rows.append((f"idle agent at {n} routers (a full pass at least every 2 s): CPU",
+                     f"{used / args.idle:.0%} of a core"))
 
         progress("agent restart")
         stopped = lab.stop_agent()
         offset = len(lab.log.read_bytes())
         start = time.monotonic()
         lab.start_agent()
-        changes, own_ms = lab.first_pass(offset, args.timeout)
-        verified = time.monotonic() - start
         assert lab.agent is not None
+        with profiled(args, lab.agent.pid, "restart"):
+            changes, own_ms = lab.first_pass(offset, args.timeout)
+        verified = time.monotonic() - start
         rows += [("agent stop (SIGTERM -> exited)", f"{stopped:.2f} s"),
                  (f"restart: process start -> first pass done ({n} routers)", f"{verified:.1f} s"),
                  ("  of which the pass itself / its changes", f"{own_ms / 1000:.1f} s / {changes}"),
@@ -523,6 +540,7 @@ def main() -> int:
     p.add_argument("--rate-count", type=int, default=300, help="routers / floating IPs for the create rates")
     p.add_argument("--idle", type=float, default=10.0, help="seconds of idle agent to measure at scale")
     p.add_argument("--timeout", type=float, default=600.0, help="give up on convergence after this long")
+    p.add_argument("--py-spy", default="", help="py-spy binary: profile the agent converging and restarting")
     p.add_argument("--only", default="throughput,fip,scale", help="comma-separated parts to run")
     args = p.parse_args()
     if args.quick:
@@ -545,8 +563,9 @@ def main() -> int:
     finally:
         if rows:
             width = max(len(k) for k, _ in rows)
+            load = " / ".join(f"{v:.1f}" for v in os.getloadavg())
             print(f"\nneutrino routing bench (real kernel, throwaway hosts; {os.cpu_count()} cores, "
-                  f"{time.monotonic() - started:.0f} s)")
+                  f"{time.monotonic() - started:.0f} s; load average at the end {load})")
             for k, v in rows:
                 print(f"  {k:<{width}}  {v}")
     return 0
