@@ -145,7 +145,7 @@ def main() -> int:
     for filtered, groups, found in rows:
         lat = [x * 1000 for x in found["latencies"]]
         ans = [x * 1000 for x in found["after_answer"]]
-        print(f"| {'host filter' if filtered else 'no filter (before)'} | "
+        print(f"| {'host filter' if filtered else 'no host filter'} | "
               f"{'default security group' if groups else 'no security group'} | "
               f"{statistics.median(lat):.0f} / {pct(lat, 0.99):.0f} ms | "
               f"{statistics.median(ans):.0f} / {pct(ans, 0.99):.0f} ms | "
