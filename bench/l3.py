@@ -5,7 +5,10 @@ namespace at 172.24.4.1 behind it):
 
 1. Throughput (lab 1): single-stream TCP with iperf3, --reps runs of --seconds each, interleaved, median:
    two namespaces on a plain Linux bridge (the reference, same MTU as the instances), lab instance ->
-   lab instance on another subnet through the router, lab instance -> the upstream through SNAT.
+   lab instance on the same network (the bridge and the ports' filtering, no router), -> lab instance on
+   another subnet through the router, -> the upstream through SNAT. Instances are filtered by security
+   groups as by default (the host then tracks connections of everything it bridges); --no-port-security
+   measures them without.
 2. Floating IPs (lab 1): POST /v2.0/floatingips -> the first ping answer the upstream gets from the
    floating IP (it pings every 5 ms from just before the POST), p50/p99 over --fips floating IPs spread
    over --fip-instances instances (an instance's previous floating IP is deleted first, untimed).
@@ -296,9 +299,9 @@ def net_subnet(lab: Lab, network_id: str) -> str:
     return str(ok(lab.api.get("/v2.0/subnets", params={"network_id": network_id}))["subnets"][0]["id"])
 
 
-def instance(lab: Lab, r: Routed, name: str, net: str) -> str:
-    done = lab.host.run([NEUTRINO, "instance", "create", "--network", r.nets[net]["id"], name], env=lab.env,
-                        timeout=120)
+def instance(lab: Lab, r: Routed, name: str, net: str, port_security: bool = True) -> str:
+    done = lab.host.run([NEUTRINO, "instance", "create", "--network", r.nets[net]["id"], name,
+                         *([] if port_security else ["--no-port-security"])], env=lab.env, timeout=120)
     if done.returncode != 0:
         raise RuntimeError(f"instance create {name}: {done.stdout}{done.stderr}")
     port = ok(lab.api.get("/v2.0/ports", params={"name": name}))["ports"][0]
@@ -311,9 +314,11 @@ def throughput(lab: Lab, r: Routed, reps: int, seconds: int) -> list[tuple[str, 
     ib = r.instances["ib"]
     in_ia = [*lab.host.enter(), "ip", "netns", "exec", "lab-ia"]
     paths = {"plain bridge (reference)": plain_bridge(lab, mtu),
+             "instance -> instance, same network (no router)": (in_ia, r.instances["ia2"]),
              "instance -> instance, routed": (in_ia, ib),
              "instance -> upstream, SNAT": (in_ia, UPSTREAM)}
-    serve_iperf(lab, [*lab.host.enter(), "ip", "netns", "exec", "lab-ib"])
+    for name in ("ia2", "ib"):
+        serve_iperf(lab, [*lab.host.enter(), "ip", "netns", "exec", f"lab-{name}"])
     serve_iperf(lab, ["ip", "netns", "exec", lab.underlay.upstream])
     for name, (prefix, target) in paths.items():  # servers listening, paths open
         def reached(prefix: list[str] = prefix, target: str = target) -> bool:
@@ -375,12 +380,13 @@ def lab_one(args: argparse.Namespace) -> list[tuple[str, str]]:
         r = routed_lab(lab)
         lab.start_agent()
         wait_for("the agents to register", lambda: len(ok(lab.api.get("/v2.0/agents"))["agents"]) >= 3, 30)
-        wanted = ["ia", "ib"] if "throughput" in args.only else []
+        wanted = ["ia", "ia2", "ib"] if "throughput" in args.only else []
         if "fip" in args.only:
             wanted += [f"f{i}" for i in range(args.fip_instances)]
         progress(f"{len(wanted)} lab instances")
         for i, name in enumerate(wanted):
-            instance(lab, r, name, "b" if name == "ib" or (name.startswith("f") and i % 2) else "a")
+            instance(lab, r, name, "b" if name == "ib" or (name.startswith("f") and i % 2) else "a",
+                     not args.no_port_security)
         sgs = lab.open_security_groups()  # the instances' project has its default group now
         wait_for("the router's ports ACTIVE", lambda: all(p["status"] == "ACTIVE" for p in ok(lab.api.get(
             "/v2.0/ports", params={"device_id": r.router["id"]}))["ports"]), 30)
@@ -390,7 +396,9 @@ def lab_one(args: argparse.Namespace) -> list[tuple[str, str]]:
         if "fip" in args.only:
             progress(f"{args.fips} floating IPs")
             rows += floating_ips(lab, r, args.fips, args.fip_instances)
-        rows.append(("security groups in the API (default group opened to ICMP and TCP)", "yes" if sgs else "no"))
+        filtered = "no (--no-port-security)" if args.no_port_security else \
+            "yes (default group, opened to ICMP and TCP)" if sgs else "no (no security groups in the API)"
+        rows.append(("instance ports filtered by security groups", filtered))
     return rows
 
 
@@ -540,6 +548,8 @@ def main() -> int:
     p.add_argument("--rate-count", type=int, default=300, help="routers / floating IPs for the create rates")
     p.add_argument("--idle", type=float, default=10.0, help="seconds of idle agent to measure at scale")
     p.add_argument("--timeout", type=float, default=600.0, help="give up on convergence after this long")
+    p.add_argument("--no-port-security", action="store_true",
+                   help="lab instances without port security (no filtered port on the host: no conntrack there)")
     p.add_argument("--py-spy", default="", help="py-spy binary: profile the agent converging and restarting")
     p.add_argument("--only", default="throughput,fip,scale", help="comma-separated parts to run")
     args = p.parse_args()
