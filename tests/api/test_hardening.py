@@ -462,17 +462,18 @@ def test_timestamp_filters_take_times(raw: Raw) -> None:
 
 
 def test_sigterm_does_not_wait_for_agents_long_polls(tmp_path: Path) -> None:
-    """A remote agent is always in a long poll (up to 55 s): stopping the server answers it at once."""
+    """A remote agent is always in a long poll (up to 55 s): stopping the server answers it at once, with
+    503 ServiceUnavailable (the agent asks its next server)."""
     srv = start_server(tmp_path, f"sqlite:///{tmp_path / 'n.db'}", "sqlite")
     try:
         token = httpx.post(f"{srv.url}/identity/v3/auth/tokens", json={"auth": {"identity": {
             "methods": ["password"], "password": {"user": {"name": "admin", "domain": {"name": "Default"},
                                                            "password": "secret"}}},
             "scope": {"project": {"name": "admin", "domain": {"name": "Default"}}}}}).headers["X-Subject-Token"]
-        answers: list[int] = []
+        answers: list[httpx.Response] = []
         poll = threading.Thread(target=lambda: answers.append(httpx.get(
             f"{srv.url}/agent-api/v1/wait", params={"after": 10 ** 9, "timeout": 50},
-            headers={"X-Auth-Token": token}, timeout=60).status_code))
+            headers={"X-Auth-Token": token}, timeout=60)))
         poll.start()
         time.sleep(0.5)  # the poll is in
         started = time.monotonic()
@@ -480,6 +481,7 @@ def test_sigterm_does_not_wait_for_agents_long_polls(tmp_path: Path) -> None:
         srv.proc.wait(15)
         assert time.monotonic() - started < 5
         poll.join(10)
-        assert answers == [200]
+        assert [r.status_code for r in answers] == [503]
+        assert answers[0].json()["NeutronError"]["type"] == "ServiceUnavailable"
     finally:
         srv.stop()
