@@ -374,10 +374,13 @@ def test_a_postgresql_restart_is_survived(pair: Pair) -> None:
 def test_neutrino_status_shows_servers_agents_and_what_is_not_converged(pair: Pair, tmp_path: Path) -> None:
     a = pair.raw(0)
     x = SimHost(uniq("hx"), a)
+    applied = revision(a, x.name)
     for kind in AgentType:
-        x.beat(revision(a, x.name), kind)
+        x.beat(applied, kind)
     net = network(a)
     waiting_port = port(a, net, x.name)  # bound, never wired: DOWN
+    time.sleep(2.2)  # a change older than 2 s at the agent's heartbeat, not applied by it: it is behind
+    x.beat(applied)
     env = dict(os.environ, NEUTRINO_AGENT__SERVER_URL=f"{pair.servers[0].url},{pair.servers[1].url}",
                NEUTRINO_AGENT__PASSWORD="secret", NEUTRINO_STATE_DIR=str(tmp_path))
     started = time.monotonic()
@@ -392,6 +395,8 @@ def test_neutrino_status_shows_servers_agents_and_what_is_not_converged(pair: Pa
     assert {ag["type"] for ag in mine} == {k.value for k in AgentType} and all(ag["alive"] for ag in mine)
     l2 = next(ag for ag in mine if ag["type"] == AgentType.L2.value)
     assert l2["hosts"]["ports"] == 1 and l2["hosts"]["networks"] == 1 and l2["heartbeat"]
+    assert l2["revision"] == applied and l2["behind"] >= 1
+    assert any(x.name in p and "has not applied" in p for p in report["problems"]), report["problems"]
     assert waiting_port in report["unconverged"]["ports_not_active"]["ids"] or \
         report["unconverged"]["ports_not_active"]["count"] > len(report["unconverged"]["ports_not_active"]["ids"])
     assert any(waiting_port[:8] in p or "not ACTIVE" in p for p in report["problems"]), report["problems"]
