@@ -61,7 +61,7 @@ def test_announcements_arrive_without_waiting_for_socket_release(link: tuple[str
         mac = bytes.fromhex(subprocess.run(["ip", "netns", "exec", ns, "cat", "/sys/class/net/qg-test/address"],
                                            capture_output=True, text=True, check=True).stdout.strip()
                             .replace(":", ""))
-        seen = []
+        seen: list[ipaddress.IPv4Address] = []
         while len(seen) < len(addresses):
             frame = rx.recv(2048)
             arp = frame[14:42]
