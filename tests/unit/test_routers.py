@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import ipaddress
 import json
+from collections.abc import Sequence
 
 from neutrino.compile.l2 import compile_host
 from neutrino.compile.nft import render_sync
@@ -176,9 +177,14 @@ class FakeSysctls:
     def __init__(self, values: dict[tuple[str | None, str], str]) -> None:
         self.values = values
         self.writes: list[tuple[str | None, str, str]] = []
+        self.entered: list[str | None] = []  # namespaces read from, once per read_all
 
     def read(self, ns: str | None, key: str) -> str | None:
         return self.values.get((ns, key))
+
+    def read_all(self, ns: str | None, keys: Sequence[str]) -> dict[str, str | None]:
+        self.entered.append(ns)
+        return {key: self.read(ns, key) for key in keys}
 
     def write(self, ns: str | None, key: str, value: str) -> None:
         self.writes.append((ns, key, value))
@@ -193,6 +199,7 @@ def test_sysctl_plane_writes_only_differences_and_skips_missing_keys() -> None:
     assert plane.sync(state).changes == 2
     assert sorted(k for _, k, _ in kernel.writes) == ["net.ipv4.conf.all.rp_filter", "net.ipv4.ip_forward"]
     assert plane.sync(state).changes == 0  # idempotent: a restart writes nothing
+    assert kernel.entered.count(NS) == 2  # the router's namespace entered once per pass for all its keys
 
 
 def test_ipv6_subnets_with_an_ra_mode_get_router_advertisements() -> None:

@@ -32,6 +32,10 @@ class SysctlKernel(Protocol):
         """The value, stripped; None when the key (or its namespace) does not exist."""
         ...
 
+    def read_all(self, ns: str | None, keys: Sequence[str]) -> dict[str, str | None]:
+        """``read`` of several keys of one namespace (entered once)."""
+        ...
+
     def write(self, ns: str | None, key: str, value: str) -> None: ...
 
 
@@ -43,14 +47,32 @@ class ProcSys:
         return nl._socket_in(ns, lambda: os.open(path(key), flags | os.O_CLOEXEC))
 
     def read(self, ns: str | None, key: str) -> str | None:
+        return self.read_all(ns, [key])[key]
+
+    def read_all(self, ns: str | None, keys: Sequence[str]) -> dict[str, str | None]:
+        """Each key read from inside ``ns``, which this thread enters once for all of them (an idle pass at
+        1,000 routers reads 4,000 keys)."""
+        def read() -> dict[str, str | None]:
+            out: dict[str, str | None] = {}
+            for key in keys:
+                try:
+                    fd = os.open(path(key), os.O_RDONLY | os.O_CLOEXEC)
+                except OSError:
+                    out[key] = None
+                    continue
+                try:
+                    out[key] = os.read(fd, 4096).decode().strip()
+                except OSError:
+                    out[key] = None
+                finally:
+                    os.close(fd)
+            return out
+        if ns is None:
+            return read()
         try:
-            fd = self._open(ns, key, os.O_RDONLY)
-        except OSError:
-            return None
-        try:
-            return os.read(fd, 4096).decode().strip()
-        finally:
-            os.close(fd)
+            return nl._socket_in(ns, read)
+        except OSError:  # the namespace is not there (yet)
+            return dict.fromkeys(keys)
 
     def write(self, ns: str | None, key: str, value: str) -> None:
         try:
@@ -76,11 +98,16 @@ class SysctlPlane:
         self.kernel = kernel or ProcSys()
 
     def diff(self, desired: HostState) -> list[SetSysctl]:
-        ops = []
+        by_ns: dict[str | None, list[SysctlSpec]] = {}
         for spec in desired.sysctls:
-            have = self.kernel.read(spec.namespace, spec.key)
-            if have is not None and have != spec.value:
-                ops.append(SetSysctl(spec, have))
+            by_ns.setdefault(spec.namespace, []).append(spec)
+        ops = []
+        for ns, specs in by_ns.items():
+            values = self.kernel.read_all(ns, [spec.key for spec in specs])
+            for spec in specs:
+                have = values[spec.key]
+                if have is not None and have != spec.value:
+                    ops.append(SetSysctl(spec, have))
         return ops
 
     def apply(self, ops: Sequence[SetSysctl]) -> int:
