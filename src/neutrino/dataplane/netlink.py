@@ -181,6 +181,7 @@ NDA_DST, NDA_LLADDR = 1, 2
 AF_BRIDGE = 7
 NUD_PERMANENT = 0x80
 RT_SCOPE_LINK, RT_SCOPE_NOWHERE = 253, 255
+FDB_PER_DEVICE = 16  # VXLAN devices whose FDB is dumped one by one; past that, one dump of all (Reader.fdb)
 
 
 def _attrs(data: bytes, off: int, end: int | None = None) -> dict[int, bytes]:
@@ -270,21 +271,26 @@ class Reader:
         return out
 
     def fdb(self, links: set[int]) -> dict[int, set[tuple[str, str]]]:
-        """(mac, remote dst) static forwarding entries of the given (VXLAN) devices, one dump each (the
-        request's index selects the device, as ``bridge fdb show dev`` does). Entries the device learned
-        from traffic are the kernel's, not ours: they are left out."""
-        out: dict[int, set[tuple[str, str]]] = {}
-        for link in sorted(links):
-            found = out[link] = set()
+        """(mac, remote dst) static forwarding entries of the given (VXLAN) devices. Entries the device
+        learned from traffic are the kernel's, not ours: they are left out. Up to ``FDB_PER_DEVICE``
+        devices, one dump each (the request's index selects the device, as ``bridge fdb show dev`` does:
+        the bridges' learned entries are never read); past that one dump of the namespace's whole FDB,
+        kept for those devices only -- the kernel walks every device of the namespace for each filtered
+        dump, which at 1,000 VXLAN networks made 1,000 dumps of ~5,000 devices each pass (0.15 s against
+        0.013 s for the one dump)."""
+        out: dict[int, set[tuple[str, str]]] = {link: set() for link in links}
+        if not links:
+            return out
+        requests = [0] if len(links) > FDB_PER_DEVICE else sorted(links)
+        for link in requests:
             for _, body in self._dump(RTM_GETNEIGH, _IFINFO.pack(AF_BRIDGE, 0, link, 0, 0)):
                 _family, ifindex, state, _flags, _type = _NDMSG.unpack_from(body)
-                if ifindex != link or not state & NUD_PERMANENT:
+                if ifindex not in out or (link and ifindex != link) or not state & NUD_PERMANENT:
                     continue
                 a = _attrs(body, _NDMSG.size)
                 if NDA_DST in a and NDA_LLADDR in a:
-                    found.add((_mac(a[NDA_LLADDR]), str(ipaddress.ip_address(a[NDA_DST]))))
+                    out[ifindex].add((_mac(a[NDA_LLADDR]), str(ipaddress.ip_address(a[NDA_DST]))))
         return out
-
 
     def routes(self, protocol: int | None = None) -> list[RouteState]:
         """IPv4 and IPv6 routes of every table; with ``protocol``, only those (the kernel filters: a strict
