@@ -215,6 +215,21 @@ def test_concurrent_writers_on_both_servers_lose_no_change(pair: Pair) -> None:
         follower.join(10)
 
 
+def test_concurrent_network_creates_through_both_servers_all_succeed(pair: Pair) -> None:
+    """Networks made at once through both servers each get a VXLAN segment of their own; none is refused
+    with 409 (two transactions must not draw the same id and collide on it)."""
+    a, b = pair.raw(0), pair.raw(1)
+
+    def make(i: int) -> httpx.Response:
+        return (a, b)[i % 2]("POST", "/v2.0/networks", json={"network": {"name": uniq("seg")}})
+
+    with ThreadPoolExecutor(16) as pool:
+        found = list(pool.map(make, range(64)))
+    assert [r.status_code for r in found] == [201] * 64, {r.text for r in found if r.status_code != 201}
+    vnis = [r.json()["network"]["provider:segmentation_id"] for r in found]
+    assert all(vnis) and len(set(vnis)) == 64
+
+
 async def _source_follow(source: HttpSource, host: str, stop: threading.Event, out: dict[str, Any]) -> None:
     snap = await source.snapshot(host)
     out["ports"] = set(snap.ports)

@@ -2,13 +2,14 @@
 
 SQLite (the embedded default) runs in WAL mode; readers never block, and writers take one in-process
 lock and ``BEGIN IMMEDIATE`` so a read-modify-write (IPAM, MAC, quota) can never interleave with another.
-PostgreSQL runs READ COMMITTED; code that allocates locks its parent row with ``lock_row`` and the
-unique keys in the schema are the last line of defence, with the whole transaction retried on a
-unique violation or serialization failure.
+PostgreSQL runs READ COMMITTED; code that allocates locks its parent row with ``lock_row`` (or, with no
+parent row to lock, a named lock: ``lock_name``) and the unique keys in the schema are the last line of
+defence, with the whole transaction retried on a unique violation or serialization failure.
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import threading
 import time
@@ -18,7 +19,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import orjson
-from sqlalchemy import Connection, Engine, Table, create_engine, event, select
+from sqlalchemy import Connection, Engine, Table, create_engine, event, select, text
 from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
 from sqlalchemy.pool import QueuePool
 
@@ -94,6 +95,16 @@ def lock_row(conn: Connection, table: Table, row_id: str) -> None:
     if conn.dialect.name == "sqlite":
         return
     conn.execute(select(table.c.id).where(table.c.id == row_id).with_for_update())
+
+
+def lock_name(conn: Connection, name: str) -> None:
+    """Hold the lock called ``name`` until the transaction ends (a transaction-scoped advisory lock), for
+    read-then-insert work with no parent row to lock (a network's segment id); writers of every server
+    queue on it. A no-op on SQLite, whose writers are already serialized."""
+    if conn.dialect.name == "sqlite":
+        return
+    key = int.from_bytes(hashlib.sha256(f"neutrino:{name}".encode()).digest()[:8], "big") >> 1  # a bigint
+    conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": key})
 
 
 def _json_dumps(value: Any) -> str:

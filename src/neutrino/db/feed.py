@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import Connection, func, insert, select, text
+from sqlalchemy import Connection, insert, text
 
 from neutrino.db.schema import changes
 
@@ -47,10 +47,26 @@ def flush(conn: Connection) -> None:
 
 
 def _write(conn: Connection, rows: list[dict[str, Any]]) -> None:
-    postgres = conn.dialect.name == "postgresql"
-    if postgres:
-        conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": LOCK_KEY})
-    conn.execute(insert(changes), rows)
-    if postgres:
-        newest = conn.execute(select(func.max(changes.c.seq))).scalar_one()
-        conn.execute(text("SELECT pg_notify(:channel, :payload)"), {"channel": CHANNEL, "payload": str(newest)})
+    if conn.dialect.name != "postgresql":
+        conn.execute(insert(changes), rows)
+        return
+    # One round trip from taking the lock to the NOTIFY: the lock is held until the commit, and every
+    # writer of every server queues for it, so each statement more inside it (and each return to a
+    # GIL-contended server thread in between) costs every writer of the cluster.
+    conn.execute(_PG_WRITE, {"key": LOCK_KEY, "channel": CHANNEL,
+                             **{col: [r[col] for r in rows] for col in _COLUMNS}})
+
+
+_COLUMNS = ("resource", "resource_id", "op", "network_id", "host", "at")
+# The lock is in the FROM clause: every row (so every nextval of seq) comes after it.
+_PG_WRITE = text("""
+WITH written AS (
+    INSERT INTO changes (resource, resource_id, op, network_id, host, at)
+    SELECT r.resource, r.resource_id, r.op, r.network_id, r.host, r.at
+    FROM (SELECT pg_advisory_xact_lock(:key)) AS locked,
+         unnest(CAST(:resource AS varchar[]), CAST(:resource_id AS varchar[]), CAST(:op AS varchar[]),
+                CAST(:network_id AS varchar[]), CAST(:host AS varchar[]), CAST(:at AS timestamp[]))
+             AS r(resource, resource_id, op, network_id, host, at)
+    RETURNING seq)
+SELECT pg_notify(:channel, CAST(max(seq) AS text)) FROM written
+""")

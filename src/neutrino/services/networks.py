@@ -10,6 +10,7 @@ from sqlalchemy import Connection, func, insert, select, true
 
 from neutrino.config import NetworkConfig
 from neutrino.context import RequestContext
+from neutrino.db.engine import lock_name
 from neutrino.db.schema import networks, ports, subnets
 from neutrino.errors import Conflict, Forbidden, InUse, InvalidInput
 from neutrino.intent.model import DeviceOwner
@@ -55,6 +56,7 @@ def _ranges(specs: Sequence[str]) -> list[tuple[int, int]]:
 
 
 def _allocate_vni(conn: Connection, cfg: NetworkConfig) -> int:
+    lock_name(conn, "segments")  # concurrent creates (on any server) would draw the same id
     taken_max = conn.execute(select(func.max(networks.c.segmentation_id))
                              .where(networks.c.network_type == "vxlan")).scalar()
     for lo, hi in _ranges(cfg.vni_ranges):
@@ -118,6 +120,7 @@ def vlan_ranges(cfg: NetworkConfig) -> list[tuple[str, int, int]]:
 
 def _allocate_vlan(conn: Connection, cfg: NetworkConfig, physnet: str | None) -> tuple[str, int]:
     """The lowest free VLAN id of the configured ranges (of ``physnet`` when given)."""
+    lock_name(conn, "segments")
     ranges = [r for r in vlan_ranges(cfg) if physnet is None or r[0] == physnet]
     if not ranges and physnet is not None:
         raise InvalidInput(f"physical_network '{physnet}' has no VLAN range to allocate a segmentation_id "
