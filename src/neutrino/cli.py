@@ -525,7 +525,8 @@ def cmd_lab(args: argparse.Namespace, cfg: config.Config) -> int:
     def say(line: str) -> None:
         print(line, flush=True)
 
-    if args.action == "up":
+    if args.action == "up":  # run again (growing the lab, restarting what died): with the lab's configuration
+        cfg = _lab_config(args, cfg)
         multihost.up(cfg, args.hosts, args.port, args.clouds_yaml, args.config, say)
         return 0
     cfg = _lab_config(args, cfg)

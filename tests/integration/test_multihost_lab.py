@@ -204,6 +204,28 @@ def run_lab(op: Operator, port: int) -> None:
     assert op.neutrino("lab", "exec", "host1", "--", "true", check=False).returncode != 0
 
 
+def test_lab_up_again_uses_the_configuration_the_lab_was_made_with(nothing_left_behind: None,
+                                                                   tmp_path: Path) -> None:
+    """`lab up` run again without --config (an agent died: it starts it again) reads the configuration file
+    the lab was made with, as every other lab command does; here that file holds the admin password."""
+    state = tmp_path / "lab"
+    STATE_DIRS.append(state)
+    PREFIXES.append(prefix_for(state))
+    conf = tmp_path / "lab.yaml"
+    conf.write_text("identity:\n  admin_password: lab-secret-7\n")
+    op = Operator(state, tmp_path / "clouds.yaml", dict(os.environ, NEUTRINO_STATE_DIR=str(state)))
+    try:
+        op.neutrino("lab", "up", "--hosts", "1", "--port", str(free_port()), "--clouds-yaml", "", "--config",
+                    str(conf))
+        agent = Process(*op.lab()["hosts"]["host1"]["agent"])
+        agent.stop()
+        op.neutrino("lab", "up")
+        again = Process(*op.lab()["hosts"]["host1"]["agent"])
+        assert again != agent and again.alive()
+    finally:
+        op.neutrino("lab", "down", check=False)
+
+
 def test_a_process_is_known_by_pid_and_start_time() -> None:
     """What makes the lab's records safe: a record whose start time is not the running process's is not
     that process (the pid was reused), and a signal sent through it reaches nothing."""
