@@ -10,6 +10,7 @@ from collections.abc import Sequence
 
 from neutrino.compile.l2 import compile_host
 from neutrino.compile.nft import render_sync
+from neutrino.compile.routers import compile_router, router_ports, router_ports_index
 from neutrino.compile.state import HostState, SysctlSpec
 from neutrino.dataplane.sysctls import SysctlPlane
 from neutrino.intent.model import (
@@ -214,3 +215,27 @@ def test_ipv6_subnets_with_an_ra_mode_get_router_advertisements() -> None:
     assert "--enable-ra" in ra.argv and "--dhcp-range=2001:db8:a::,ra-only,64" in ra.argv
     assert "--interface=qr-qa000000-00" in ra.argv and "--port=0" in ra.argv  # no DNS
     assert not [d for d in compiled().daemons if d.kind == "ra"]  # IPv4 only: no advertisements
+
+
+def test_many_routers_compile_from_one_index_of_the_ports() -> None:
+    """compile_host indexes the routers' ports once (router_ports_index) instead of scanning every port for
+    each router; a router compiled from the index is the one compiled on its own, ports in the same order."""
+    snap = router_snapshot()
+    ports, routers = dict(snap.ports), dict(snap.routers)
+    for n in range(2, 40):  # more routers, each with an interface on network A and the gateway network
+        rid = RouterId(f"r{n:07d}-0000-0000-0000-000000000001")
+        for pid, owner, net, sub, addr in ((PortId(f"qi{n:06d}-0000-0000-0000-000000000000"),
+                                            "network:router_interface", NA, SA, f"10.1.0.{100 + n}"),
+                                           (PortId(f"qg{n:06d}-0000-0000-0000-000000000000"),
+                                            "network:router_gateway", NX, SX, f"203.0.113.{100 + n}")):
+            ports[pid] = dataclasses.replace(rport(pid, net, sub, f"fa:16:3e:00:{n:02x}:01", addr, owner),
+                                             device_id=rid)
+        routers[rid] = RouterSpec(rid)
+    many = dataclasses.replace(snap, ports=ports, routers=routers)
+    index = router_ports_index(many)
+    for r in routers.values():
+        assert router_ports(many, r, index) == router_ports(many, r)
+        assert compile_router(many, r, index) == compile_router(many, r)
+    assert router_ports(many, routers[R1], index)[0].id == QG  # the gateway first
+    state = compiled(many)
+    assert len(state.routers) == 39 and len(state.nft) == 39 and state.problems == ()

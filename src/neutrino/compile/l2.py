@@ -14,7 +14,7 @@ import ipaddress
 from collections.abc import Mapping, Sequence
 
 from neutrino.compile.dhcp import compile_dhcp, dnsmasq_daemon
-from neutrino.compile.routers import compile_router, router_ports
+from neutrino.compile.routers import compile_router, router_ports, router_ports_index
 from neutrino.compile.secgroups import compile_secgroups
 from neutrino.compile.state import (
     BridgeSpec,
@@ -87,9 +87,10 @@ def compile_host(snap: Snapshot, host: str, tunnel_ip: str,
                  interface_mappings: Mapping[str, str]) -> HostState:
     mine = [p for p in snap.ports.values() if p.host == host]
     dhcp = compile_dhcp(snap, host)
-    routers = [compile_router(snap, r) for _, r in sorted(snap.routers.items()) if r.admin_state_up]
+    index = router_ports_index(snap)
+    routers = [compile_router(snap, r, index) for _, r in sorted(snap.routers.items()) if r.admin_state_up]
     router_nets = {p.network_id for _, r in sorted(snap.routers.items()) if r.admin_state_up
-                   for p in router_ports(snap, r)}
+                   for p in router_ports(snap, r, index)}
     net_ids = sorted({p.network_id for p in mine} | {d.network_id for d in dhcp} | router_nets)
     ports_of: dict[str, list[PortSpec]] = {}  # for VXLAN flooding and FDB
     for p in snap.ports.values():
