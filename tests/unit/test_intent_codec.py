@@ -89,3 +89,18 @@ def test_missing_fields_take_their_defaults_and_bad_data_is_refused() -> None:
             codec.decode(Snapshot, bad)
     assert codec.decode(Snapshot, {"revision": 7}).networks == {}
     assert codec.encode(frozenset({NetworkId("b"), NetworkId("a")})) == ["a", "b"]  # stable bytes
+
+
+def test_addresses_are_parsed_once_and_anything_else_is_refused() -> None:
+    """An agent decodes the same addresses in every snapshot it fetches (a large security group's
+    members): each text is parsed once and decodes to the same immutable value after that; what is not an
+    address in text is refused."""
+    kind = tuple[ipaddress.IPv4Network, ...]
+    first = codec.decode(kind, ["10.9.0.5/32", "10.9.0.6/32"])
+    again = codec.decode(kind, ["10.9.0.5/32", "10.9.0.6/32"])
+    assert first == (ipaddress.ip_network("10.9.0.5/32"), ipaddress.ip_network("10.9.0.6/32"))
+    assert all(a is b for a, b in zip(first, again, strict=True))
+    assert codec.decode(ipaddress.IPv6Address, "2001:db8::1") == ipaddress.ip_address("2001:db8::1")
+    for bad in ([1], [["10.9.0.5/32"]], ["10.9.0.5/33"], ["nonsense"], [None]):
+        with pytest.raises(ValueError):
+            codec.decode(kind, bad)
