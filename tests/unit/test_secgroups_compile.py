@@ -114,6 +114,17 @@ def test_golden_tables() -> None:
            "secgroups_inet.nft": render_sync(t["inet"], "golden")})
 
 
+def test_bridges_without_filtered_ports_are_not_tracked() -> None:
+    snap = snapshot()
+    ext = NetworkId("e2222222-2222-2222-2222-222222222222")
+    snap = dataclasses.replace(snap, networks={**snap.networks, ext: NetworkSpec(ext, NetworkType.FLAT, None,
+                                                                                "public", 1500)})
+    inet = tables(snap)["inet"]
+    assert elements(inet, "untracked") == ('"brqe2222222-22"',)
+    assert elements(inet, "zones") == ('"brq11111111-11" : 22005',)
+    assert chain(inet, "zone") == ("iifname @untracked notrack", "ct zone set iifname map @zones")
+
+
 def test_only_instance_ports_bound_here_with_port_security_are_filtered() -> None:
     c = compile_secgroups(snapshot(), "h1")
     assert c.ports == (P1, P2, P4)

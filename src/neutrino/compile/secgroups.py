@@ -19,7 +19,9 @@ can change a set's elements or one chain instead of the whole table:
 ``inet`` table, reached by bridged IPv4/IPv6 through br_netfilter (``net.bridge.bridge-nf-call-iptables``
 and ``-ip6tables`` = 1 in the host's namespace, here as sysctls naming the filtered ports):
   - zone (prerouting, priority raw): conntrack zone per bridge, so tenants' overlapping addresses on
-    different networks never share connections;
+    different networks never share connections; ``notrack`` for the bridges of this host's networks that
+    have no filtered port (e.g. an external network's, carrying a router's SNAT and floating IPs): once
+    br_netfilter is on it hands every bridged packet to conntrack, which only filtered ports need;
   - egress (prerouting, filter: after conntrack) dispatches on the egress mark (verdict map) to the
     sending port's chain; ingress (forward) on the ingress mark to the receiving port's chain. A packet
     between two filtered ports on this host passes both (a flooded one, each receiver's);
@@ -396,11 +398,13 @@ def _inet_table(snap: Snapshot, ports: list[_Port], marks: dict[str, int], ids: 
             problems.append(f"port {p.spec.id} mixes stateful and stateless security groups: filtered statefully")
         port_chains += _port_chains(p, mine, flags != {False})
     zones = allocate((bridge_name(p.spec.network_id) for p in ports), 16)
+    untracked = sorted({bridge_name(n) for n in snap.networks} - zones.keys())
     remote_sets = [s for g in remotes for s in _remote_sets(
         g, snap.security_groups[g].members if g in snap.security_groups else ())]
     sets = (
         NftSet("zones", ("typeof iifname : ct zone",),
                tuple(sorted(f'"{b}" : {z}' for b, z in zones.items())), "map"),
+        NftSet("untracked", ("type ifname",), tuple(f'"{b}"' for b in untracked)),
         NftSet("egress-ports", ("type mark : verdict",), tuple(sorted(
             f"0x{EGRESS_BIT | marks[p.spec.id]:08x} : jump port-{token(p.spec.id)}-egress" for p in ports)), "map"),
         NftSet("ingress-ports", ("type mark : verdict",), tuple(sorted(
@@ -408,7 +412,7 @@ def _inet_table(snap: Snapshot, ports: list[_Port], marks: dict[str, int], ids: 
         *remote_sets,
     )
     chains = (
-        NftChain("zone", ("ct zone set iifname map @zones",),
+        NftChain("zone", ("iifname @untracked notrack", "ct zone set iifname map @zones"),
                  "type filter hook prerouting priority raw; policy accept;"),
         NftChain("egress", ("meta mark vmap @egress-ports",),
                  "type filter hook prerouting priority filter; policy accept;"),
