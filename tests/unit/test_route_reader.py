@@ -6,6 +6,7 @@ from __future__ import annotations
 import ipaddress
 import os
 import subprocess
+import time
 from collections.abc import Iterator
 
 import pytest
@@ -43,8 +44,15 @@ route add 2001:db8:60::/48 via 2001:db8:6::2 dev v0 proto {ROUTE_PROTOCOL}
 """
     subprocess.run(["ip", "-n", namespace, "-batch", "-"], input=script, text=True, check=True)
     with nl.socket(namespace) as sock, nl.reader(namespace) as reader:
-        found = reader.routes()
-        assert sorted(found, key=str) == sorted(nl.routes(sock), key=str)
+        # The kernel adds IPv6 link-local and multicast routes on its own a moment after a link comes up:
+        # the two readers are compared on a settled table (two reads in a row that agree).
+        deadline = time.monotonic() + 5
+        while True:
+            found = reader.routes()
+            if sorted(found, key=str) == sorted(nl.routes(sock), key=str) == sorted(reader.routes(), key=str):
+                break
+            assert time.monotonic() < deadline, (sorted(found, key=str), sorted(nl.routes(sock), key=str))
+            time.sleep(0.05)
         ours = reader.routes(ROUTE_PROTOCOL)
         assert sorted(ours, key=str) == sorted((r for r in found if r.protocol == ROUTE_PROTOCOL), key=str)
         assert {(str(r.destination), str(r.gateway), r.table, r.metric) for r in ours} == {
