@@ -342,7 +342,8 @@ def open_lab(args: argparse.Namespace, pg: Postgres, tmp: Path) -> Iterator[Lab]
         if up.returncode != 0:
             raise RuntimeError(f"lab up failed: {up.stdout}{up.stderr}")
         progress(f"lab up: {time.monotonic() - started:.1f} s")
-        env_b = {"NEUTRINO_LOG__LEVEL": "WARNING"}
+        # The same liveness settings as the lab's server: every server moves DHCP off agents it finds silent.
+        env_b = {"NEUTRINO_LOG__LEVEL": "WARNING", "NEUTRINO_AGENT__AGENT_DOWN_SECONDS": "3600"}
         (tmp / "server-b").mkdir()
         server_b = start_server(tmp / "server-b", yaml.safe_load(conf.read_text())["database"]["url"], "postgresql",
                                 env_b)
@@ -498,6 +499,10 @@ def converge(lab: Lab) -> list[tuple[str, str]]:
     with profiled(a.py_spy, {"server": lab.server_pid}, "converge"):
         wait_for("every port ACTIVE", lambda: failed(up) or active_ports(lab) >= total, a.timeout, 0.2)
         all_active = time.monotonic() - start
+        moved = [p["network_id"] for p in ok(lab.api.get("/v2.0/ports", params={"device_owner": "network:dhcp"}))[
+            "ports"] if lab.topo.dhcp.get(p["network_id"]) != p["binding:host_id"]]
+        if moved:
+            raise RuntimeError(f"the DHCP of {len(moved)} networks moved to other hosts (agents found dead?)")
         deadline = time.monotonic() + 120
         while True:
             problems = kernel_problems(lab)
