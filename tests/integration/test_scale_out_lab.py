@@ -26,6 +26,12 @@ from tests.integration.test_l2pop_lab import fdb
 
 pytestmark = pytest.mark.xdist_group(name="kernel")
 FLOOD = "00:00:00:00:00:00"
+# The agents fetch their snapshot unasked only every HEARTBEAT seconds (and long-poll that long): well past
+# CONVERGE, so what converges within it was brought by the feed (or by a failed call made again on the
+# other server). Nothing here may go dead by accident on a loaded machine: DOWN is far past HEARTBEAT.
+HEARTBEAT = 50.0  # below the servers' 55 s limit on a long poll
+DOWN = 300.0
+CONVERGE = 30.0
 
 
 @dataclass
@@ -41,7 +47,11 @@ class Cluster:
                             timeout=30)
 
     def restart_server(self, i: int) -> None:
-        self.servers[i] = start_server(self.dirs[i], self.database_url, "postgresql")
+        self.servers[i] = start(self.dirs[i], self.database_url)
+
+
+def start(d: Path, database_url: str) -> Server:
+    return start_server(d, database_url, "postgresql", {"NEUTRINO_AGENT__AGENT_DOWN_SECONDS": str(DOWN)})
 
 
 @pytest.fixture(scope="module")
@@ -58,7 +68,7 @@ def cluster(nothing_left_behind: None, tmp_path_factory: pytest.TempPathFactory)
         c = Cluster(pg, url, dirs, [], {})
         for d in dirs:
             d.mkdir()
-            c.servers.append(start_server(d, url, "postgresql"))
+            c.servers.append(start(d, url))
         def stop_servers() -> None:
             for srv in c.servers:
                 srv.stop()
@@ -74,7 +84,7 @@ def cluster(nothing_left_behind: None, tmp_path_factory: pytest.TempPathFactory)
             state.mkdir()
             env = dict(os.environ, NEUTRINO_STATE_DIR=str(state), NEUTRINO_AGENT__HOST=name,
                        NEUTRINO_AGENT__SERVER_URL=sockets, NEUTRINO_AGENT__PASSWORD="secret",
-                       NEUTRINO_AGENT__LOCAL_IP=str(host.address.ip), NEUTRINO_AGENT__HEARTBEAT_SECONDS="10",
+                       NEUTRINO_AGENT__LOCAL_IP=str(host.address.ip), NEUTRINO_AGENT__HEARTBEAT_SECONDS=str(HEARTBEAT),
                        NEUTRINO_LOG__LEVEL="INFO", NEUTRINO_API__SOCKET="")
             agent = Agent(host, state, env)
             undo.callback(agent.stop)
@@ -108,12 +118,15 @@ def bound_port(api: httpx.Client, net: str, host: str) -> str:
         time.sleep(0.1)
 
 
-def converge(agent: Agent, vni: int, want: set[tuple[str, str]], timeout: float = 3) -> None:
-    """``want`` in the host's FDB within ``timeout``: woken by the feed (the agent's own periodic fetch of
-    its snapshot comes only every 10 s here)."""
-    deadline = time.monotonic() + timeout
+def converge(agent: Agent, vni: int, want: set[tuple[str, str]]) -> None:
+    """``want`` in the host's FDB within CONVERGE: woken by the feed (the agent's own periodic fetch of its
+    snapshot comes only every HEARTBEAT seconds)."""
+    deadline = time.monotonic() + CONVERGE
     while not want <= (fdb(agent, vni) or set()):
-        assert time.monotonic() < deadline, f"{agent.host.name} lacks {sorted(want - (fdb(agent, vni) or set()))}"
+        if time.monotonic() >= deadline:
+            log = (agent.state_dir / "agent.log").read_text()
+            raise AssertionError(f"{agent.host.name} lacks {sorted(want - (fdb(agent, vni) or set()))}; "
+                                 f"its log ends with:\n{log[-3000:]}")
         time.sleep(0.05)
 
 
@@ -148,8 +161,8 @@ def test_changes_through_either_server_converge_across_failover_and_a_database_r
         cluster.pg.restart()
         m3 = bound_port(a, net["id"], "h1")
         m4 = bound_port(b, net["id"], "h2")
-        converge(h2, vni, {(m3, tun["h1"])}, timeout=8)
-        converge(h1, vni, {(m4, tun["h2"])}, timeout=8)
+        converge(h2, vni, {(m3, tun["h1"])})
+        converge(h1, vni, {(m4, tun["h2"])})
         agents = ok(b.get("/v2.0/agents"))["agents"]
         assert {x["host"] for x in agents if x["alive"]} == {"h1", "h2"}
     finally:

@@ -39,7 +39,8 @@ class HttpSource:
     async def _json(self, method: str, path: str, **kw: Any) -> Any:
         last: ClientError | None = None
         for _ in range(len(self.clients)):
-            client = self.clients[self.current]
+            at = self.current
+            client = self.clients[at]
             try:
                 return await client.call(method, path, **kw)
             except ClientError as exc:
@@ -48,9 +49,12 @@ class HttpSource:
                 last = exc
                 if len(self.clients) == 1:
                     break
-                self.current = (self.current + 1) % len(self.clients)
-                self.failovers += 1
-                log.warning("server %s: %s; moving to %s", client.url, exc, self.clients[self.current].url)
+                # Calls made at once (the long poll, a snapshot, a heartbeat) fail at once when their server
+                # dies: the first moves the agent on, the others follow it instead of moving it again.
+                if self.current == at:
+                    self.current = (at + 1) % len(self.clients)
+                    self.failovers += 1
+                    log.warning("server %s: %s; moving to %s", client.url, exc, self.clients[self.current].url)
         assert last is not None
         raise last
 
