@@ -23,12 +23,14 @@ from neutrino.dataplane.daemons import ExitWatch
 from neutrino.errors import KernelError
 from neutrino.intent.model import Snapshot
 from neutrino.intent.report import AgentReport, PortStatus
+from neutrino.intent.source import MAX_WAIT_SECONDS
 
 
 class FakeSource:
     def __init__(self) -> None:
         self.revision = 1
         self.snapshots = 0
+        self.timeouts: list[float] = []
         self._moved = asyncio.Event()
 
     def move(self) -> None:
@@ -39,6 +41,7 @@ class FakeSource:
         return "agent"
 
     async def wait(self, after: int, timeout: float, host: str = "") -> int:
+        self.timeouts.append(timeout)
         deadline = time.monotonic() + timeout
         while self.revision <= after and time.monotonic() < deadline:
             self._moved.clear()
@@ -131,6 +134,17 @@ async def until(what: str, check: Callable[[], bool], timeout: float = 3.0) -> N
     while not check():
         assert time.monotonic() < deadline, f"timed out waiting for {what}"
         await asyncio.sleep(0.005)
+
+
+def test_long_polls_never_ask_for_more_than_servers_hold(tmp_path: Path) -> None:
+    source, driver = FakeSource(), FakeDriver()
+    agent = Agent(source, settings(tmp_path, 60.0), [driver])  # heartbeat 60 s: above what a server holds
+
+    async def body() -> None:
+        await until("a long poll", lambda: bool(source.timeouts))
+
+    asyncio.run(running(agent, body))
+    assert source.timeouts and max(source.timeouts) == MAX_WAIT_SECONDS
 
 
 def test_resync_runs_full_passes_on_the_last_snapshot(tmp_path: Path) -> None:

@@ -23,7 +23,7 @@ from typing import Any, Protocol
 
 from neutrino.intent.model import AgentType, DeviceOwner, FloatingIpId, PortId, Snapshot
 from neutrino.intent.report import AgentReport, PortStatus
-from neutrino.intent.source import IntentSource
+from neutrino.intent.source import MAX_WAIT_SECONDS, IntentSource
 
 log = logging.getLogger("neutrino.agent")
 # A port bound here whose device is not there yet (an instance's tap about to appear) is looked for
@@ -252,7 +252,9 @@ class Agent:
         while not stop.is_set():
             after = max(self.feed_revision, self.snapshot.revision if self.snapshot is not None else 0, 0)
             try:
-                rev = await self.source.wait(after, self.settings.heartbeat_seconds, self.settings.host)
+                # A long heartbeat interval must not ask for a longer wait than servers hold (they refuse it).
+                rev = await self.source.wait(after, min(self.settings.heartbeat_seconds, MAX_WAIT_SECONDS),
+                                             self.settings.host)
             except Exception as exc:
                 if stop.is_set():
                     return

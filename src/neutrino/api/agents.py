@@ -20,11 +20,10 @@ from neutrino.api.state import api_of
 from neutrino.errors import BadRequest
 from neutrino.intent import codec
 from neutrino.intent.report import AgentReport, PortStatus
+from neutrino.intent.source import MAX_WAIT_SECONDS
 from neutrino.services import dhcp, standard
 from neutrino.services import networks as net_service
 from neutrino.sync import cluster
-
-MAX_WAIT_SECONDS = 55.0  # below common proxy idle timeouts; the agent simply asks again
 
 
 def _number(request: Request, name: str, kind: type[int] | type[float], default: str, lo: float, hi: float) -> Any:

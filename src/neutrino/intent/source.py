@@ -8,6 +8,9 @@ from typing import Protocol
 from neutrino.intent.model import Snapshot
 from neutrino.intent.report import AgentReport, PortStatus
 
+# The longest wait for changes a server holds (below common proxy idle timeouts); an agent asks again.
+MAX_WAIT_SECONDS = 55.0
+
 
 class IntentSource(Protocol):
     async def report(self, rep: AgentReport) -> str:
