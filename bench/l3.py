@@ -46,7 +46,8 @@ import httpx
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bench.dhcp import agent_env, pct  # noqa: E402
+from bench.common import cpu_seconds, ok, pct, progress, rss_mb, wait_for  # noqa: E402
+from bench.dhcp import agent_env  # noqa: E402
 from neutrino.hosts import PUBLIC_INTERFACE, PUBLIC_PHYSNET, PUBLIC_V4, Host, Underlay  # noqa: E402
 from tests.api.conftest import Server, start_server  # noqa: E402
 from tests.integration.conftest import admin_token, remove_run_dirs  # noqa: E402
@@ -92,37 +93,14 @@ for line in sys.stdin:
 """
 
 
-def progress(msg: str) -> None:
-    print(f"  .. {msg}", file=sys.stderr, flush=True)
 
 
-def rss_mb(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    return 0.0
 
 
-def cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def wait_for(what: str, check: Callable[[], Any], timeout: float, every: float = 0.05) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = check()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"timed out waiting for {what}")
-        time.sleep(every)
 
 
-def ok(resp: httpx.Response) -> Any:
-    if resp.status_code >= 300:
-        raise RuntimeError(f"{resp.request.method} {resp.request.url.path}: {resp.status_code} {resp.text}")
-    return resp.json() if resp.content else None
 
 
 @dataclass

@@ -59,6 +59,7 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from bench.common import cpu_seconds, ok, pct, progress, rss_mb, wait_for  # noqa: E402
 from bench.feed import Sim  # noqa: E402
 from neutrino.hosts import Host, Process, Underlay  # noqa: E402
 from neutrino.lab import multihost  # noqa: E402
@@ -69,19 +70,10 @@ PASS_1 = re.compile(r"pass 1 at revision \d+: (\d+) changes in (\d+) ms")
 FLOOD = "00:00:00:00:00:00"
 
 
-def progress(msg: str) -> None:
-    print(f"  .. {msg}", file=sys.stderr, flush=True)
 
 
-def pct(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
 
 
-def ok(resp: httpx.Response) -> Any:
-    if resp.status_code >= 300:
-        raise RuntimeError(f"{resp.request.method} {resp.request.url.path}: {resp.status_code} {resp.text[:300]}")
-    return resp.json() if resp.content else None
 
 
 def token(url: str) -> str:
@@ -92,23 +84,8 @@ def token(url: str) -> str:
         timeout=30).headers["X-Subject-Token"])
 
 
-def wait_for(what: str, check: Callable[[], Any], timeout: float, every: float = 0.05) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = check()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"timed out waiting for {what}")
-        time.sleep(every)
 
 
-def cpu_seconds(pid: int) -> float:
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except OSError:
-        return 0.0
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def boot_seconds(p: Process) -> float:
@@ -673,11 +650,6 @@ async def probes(lab: Lab) -> list[Probe]:
     return out
 
 
-def rss_mb(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    return 0.0
 
 
 def idle(lab: Lab) -> list[tuple[str, str]]:
