@@ -524,10 +524,10 @@ def test_a_postgresql_restart_is_survived(pair: Pair) -> None:
 def test_neutrino_status_shows_servers_agents_and_what_is_not_converged(pair: Pair, tmp_path: Path) -> None:
     a = pair.raw(0)
     x = SimHost(uniq("hx"), a)
+    net = network(a)  # a change before x's snapshot: revision 0 means "none applied yet", even on a fresh database
     applied = revision(a, x.name)
     for kind in AgentType:
         x.beat(applied, kind)
-    net = network(a)
     waiting_port = port(a, net, x.name)  # bound, never wired: DOWN
     time.sleep(2.2)  # at x's heartbeats from now on, a change older than 2 s it has not applied: it is behind
     alive = Heartbeats(x, applied, tuple(AgentType)).start()
