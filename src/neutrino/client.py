@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import httpx
+import orjson
 
 from neutrino.errors import ClientError
 
@@ -122,7 +123,7 @@ class Client:
             if resp.status_code >= 400:
                 raise ClientError(f"{method} {path}: {resp.status_code} {fault_message(resp)}", resp.status_code)
             try:
-                return resp.json() if resp.content else None
+                return orjson.loads(resp.content) if resp.content else None  # a snapshot: megabytes, often
             except ValueError:
                 raise ClientError(f"{method} {path}: the server's answer is not JSON") from None
         raise AssertionError("unreachable")

@@ -23,7 +23,9 @@ from sqlalchemy import event, func, insert, select, text
 
 from neutrino.db.engine import Database
 from neutrino.db.schema import changes
+from neutrino.intent import codec
 from neutrino.intent.model import SecurityGroupId
+from neutrino.sync.snapshot import Memo, build
 from tests.api.conftest import Cli, Raw, Server, error, member_connection, uniq
 
 NEUTRINO = str(Path(sys.executable).parent / "neutrino")
@@ -558,6 +560,38 @@ def snapshot(raw: Raw, host: str) -> dict[str, Any]:
 def bind(raw: Raw, port_id: str, host: str) -> None:
     resp = raw("PUT", f"/v2.0/ports/{port_id}", json={"port": {"binding:host_id": host}})
     assert resp.status_code == 200, resp.text
+
+
+def test_snapshots_of_one_revision_share_what_is_not_the_hosts_and_never_go_stale(alice: Member, raw: Raw,
+                                                                                  db: Database) -> None:
+    """Hosts woken by one change fetch their snapshots at one revision: the network's ports and the
+    groups are read once (the very same objects in both) and each snapshot is what a build without the
+    memo makes; a write moves the revision on and the next build reads it, however soon."""
+    m = alice.raw
+    here, there = uniq("mmhost"), uniq("mmhost")
+    net, _ = network(m)
+    g = group(m)
+    rule(m, g["id"], remote_group_id=g["id"])
+    a, b, c = (port(m, net, security_groups=[g["id"]]) for _ in range(3))
+    bind(raw, a["id"], here)
+    bind(raw, b["id"], there)
+    memo = Memo(seconds=60)
+    with db.read() as conn:
+        shared = [build(conn, h, 60, memo) for h in (here, there)]
+        fresh = [build(conn, h, 60) for h in (here, there)]
+    assert [codec.encode(s) for s in shared] == [codec.encode(s) for s in fresh]
+    assert shared[0].ports[c["id"]] is shared[1].ports[c["id"]]
+    gid = SecurityGroupId(g["id"])
+    assert shared[0].security_groups[gid] is shared[1].security_groups[gid]
+    assert fresh[0].ports[c["id"]] is not shared[0].ports[c["id"]]
+    m("PUT", f"/v2.0/ports/{c['id']}", json={"port": {"allowed_address_pairs": [{"ip_address": "10.252.0.1"}]}})
+    with db.read() as conn:
+        after = build(conn, there, 60, memo)
+    assert after.revision > shared[1].revision
+    assert [str(p.ip_address) for p in after.ports[c["id"]].allowed_address_pairs] == ["10.252.0.1/32"]
+    assert ipaddress.ip_network("10.252.0.1/32") in after.security_groups[gid].members
+    for p in (a, b, c):
+        m("DELETE", f"/v2.0/ports/{p['id']}")
 
 
 def test_snapshot_carries_groups_rules_members_and_pairs(alice: Member, raw: Raw, db: Database) -> None:

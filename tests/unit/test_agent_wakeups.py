@@ -99,12 +99,14 @@ class FakeDriver:
         self.changes_left = changes_left
         self.fail = fail
         self.passes = 0
+        self.fulls: list[bool] = []  # each pass: full or quiet (Driver.reconcile)
 
     def watch(self) -> Watch:
         return self.pipe
 
-    def reconcile(self, snap: Snapshot) -> DriverResult:
+    def reconcile(self, snap: Snapshot, full: bool = True) -> DriverResult:
         self.passes += 1
+        self.fulls.append(full)
         if self.fail:
             raise KernelError("set link failed: (22, 'Invalid argument')", obj="brq0", errno=errno.EINVAL)
         if self.changes_left:
@@ -170,6 +172,26 @@ def test_new_intent_is_fetched_at_once(tmp_path: Path) -> None:
 
     asyncio.run(running(agent, body))
     assert source.snapshots == 2 and agent.reasons["intent"] == 1
+
+
+def test_only_a_pass_for_new_intent_with_nothing_heard_from_the_kernel_is_quiet(tmp_path: Path) -> None:
+    source, driver = FakeSource(), FakeDriver()
+    agent = Agent(source, settings(tmp_path, 0.3), [driver])
+
+    async def body() -> None:
+        await until("the first pass", lambda: agent.passes == 1)
+        source.move()
+        await until("a pass at the new revision", lambda: agent.revision == 2)
+        assert driver.fulls == [True, False]  # the start, then the intent alone
+        await until("a resync", lambda: agent.reasons["resync"] >= 1)
+        assert driver.fulls[-1] is True
+        seen = len(driver.fulls)
+        driver.pipe.poke()  # heard from the kernel, and new intent at once
+        source.move()
+        await until("a pass at the newer revision", lambda: agent.revision == 3)
+        assert driver.fulls[seen] is True, driver.fulls  # whatever woke it, the pass covering the event is full
+
+    asyncio.run(running(agent, body))
 
 
 def test_a_burst_of_events_is_one_pass_and_quiet_after(tmp_path: Path) -> None:

@@ -14,7 +14,7 @@ import pytest
 from neutrino.agent.loop import Agent
 from neutrino.agent.pipeline import Pipeline
 from neutrino.compile.nft import NftTable, render_sync
-from neutrino.compile.state import HostState
+from neutrino.compile.state import HostState, PlugSpec
 from neutrino.dataplane.nft import NftPlane
 from neutrino.dataplane.plane import Made, PlaneResult
 from neutrino.errors import KernelError
@@ -31,9 +31,14 @@ class FakePlane:
     ready: frozenset[PortId]
     fail: bool = False
     runs: int = 0
+    leaf: bool = False
+    acts_on: str = "plugs"  # the field of HostState that is its part
 
     def names(self, desired: HostState) -> Collection[PortId]:
         return self.named
+
+    def part(self, desired: HostState) -> object:
+        return getattr(desired, self.acts_on)
 
     def sync(self, desired: HostState, made: Made) -> PlaneResult:
         self.runs += 1
@@ -52,6 +57,34 @@ def test_one_failing_plane_does_not_stop_the_others_and_ready_is_an_intersection
     assert result.wired == frozenset() and result.changes == 2 and result.errors == ("daemons: injected",)
     daemons.fail = False
     assert pipe.run(HostState()).wired == {A}
+
+
+def test_a_quiet_pass_looks_only_at_planes_whose_part_moved_or_whose_inputs_changed(tmp_path: Path) -> None:
+    """New intent and nothing heard from the kernel (``full`` False): a plane whose part of the desired
+    state is what its last clean sync made, with no plane before it having changed something it depends
+    on, is not synced again and its ports stay as ready as it last found them. Full passes sync all."""
+    nft = FakePlane("nft", frozenset({A}), frozenset({A}), leaf=True, acts_on="nft")
+    links = FakePlane("links", frozenset({A, B}), frozenset({A, B}), acts_on="plugs")
+    daemons = FakePlane("daemons", frozenset({B}), frozenset({B}), leaf=True, acts_on="problems")
+    pipe = Pipeline(settings(tmp_path, 1.0), [nft, links, daemons])
+    first = HostState(plugs=(PlugSpec(A, "tapA", "brq1", 1450),))
+    assert pipe.run(first, full=False).wired == {A, B}  # nothing kept yet: every plane
+    assert (nft.runs, links.runs, daemons.runs) == (1, 1, 1)
+    # Only the filter moved (a remote group's new member): the nft plane alone, and it is a leaf.
+    filtered = dataclasses.replace(first, nft=(NftTable(None, "inet", BODY, (A,)),))
+    result = pipe.run(filtered, full=False)
+    assert (nft.runs, links.runs, daemons.runs) == (2, 1, 1) and result.wired == {A, B} and result.skipped == 2
+    # The links moved: they changed something, so the daemons after them look again, though theirs did not.
+    plugged = dataclasses.replace(filtered, plugs=(*filtered.plugs, PlugSpec(B, "tapB", "brq1", 1450)))
+    assert pipe.run(plugged, full=False).skipped == 1 and (nft.runs, links.runs, daemons.runs) == (2, 2, 2)
+    # A full pass (the resync timer, a kernel event) syncs every plane whatever moved.
+    assert pipe.run(plugged).skipped == 0 and (nft.runs, links.runs, daemons.runs) == (3, 3, 3)
+    # A plane that failed is synced again in the next pass, quiet or not.
+    links.fail = True
+    assert pipe.run(plugged).wired == frozenset()
+    links.fail = False
+    assert pipe.run(plugged, full=False).wired == {A, B} and links.runs == 5 and daemons.runs == 5
+    assert nft.runs == 4  # its part and its inputs unchanged since its clean sync in the failed pass
 
 
 def test_a_failing_plane_keeps_the_revision(tmp_path: Path) -> None:

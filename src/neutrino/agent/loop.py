@@ -55,6 +55,7 @@ class DriverResult:
     wired: frozenset[PortId] = frozenset()
     stats: dict[str, Any] = field(default_factory=dict)
     errors: tuple[str, ...] = ()  # parts that failed (the pass fails; ``wired`` still counts)
+    skipped: int = 0  # parts not looked at: a quiet pass found their intent unchanged
 
 
 class Watch(Protocol):
@@ -78,8 +79,10 @@ class Watch(Protocol):
 class Driver(Protocol):
     name: str
 
-    def reconcile(self, snap: Snapshot) -> DriverResult:
-        """compile -> observe -> diff -> apply, blocking; raises on failure (the loop retries)."""
+    def reconcile(self, snap: Snapshot, full: bool = True) -> DriverResult:
+        """compile -> observe -> diff -> apply, blocking; raises on failure (the loop retries). Not ``full``:
+        nothing was heard from the kernel since the last pass, only the intent moved; what that leaves
+        unchanged for the driver need not be looked at again."""
         ...
 
     def watch(self) -> Watch | None:
@@ -128,6 +131,7 @@ class Agent:
         self.reported_fips: dict[FloatingIpId, bool] = {}
         self.stats: dict[str, Any] = {}
         self.passes = 0
+        self.skipped = 0  # parts of the last pass not looked at (Driver.reconcile, not full)
         self.churn = 0  # consecutive passes that changed something at the same revision
         self.reasons: Counter[str] = Counter()  # passes by what started them
         self.last_error: str | None = None
@@ -169,18 +173,20 @@ class Agent:
             await self.source.report(AgentReport(host=s.host, agent_type=agent_type, configurations=conf,
                                                  start_flag=start, revision=self.revision))
 
-    def reconcile(self, snap: Snapshot) -> tuple[int, set[PortId], list[str]]:
+    def reconcile(self, snap: Snapshot, full: bool = True) -> tuple[int, set[PortId], list[str]]:
         changes, errors = 0, []
         wired: set[PortId] = set()
+        self.skipped = 0
         for driver in self.drivers:
             try:
-                result = driver.reconcile(snap)
+                result = driver.reconcile(snap, full)
             except Exception as exc:  # one driver's failure must not stop the others
                 log.exception("driver %s failed; will retry", driver.name)
                 errors.append(f"{driver.name}: {exc}")
                 continue
             changes += result.changes
             wired |= result.wired
+            self.skipped += result.skipped
             self.stats.update(result.stats)
             errors += [f"{driver.name}: {e}" for e in result.errors]
         return changes, wired, errors
@@ -207,12 +213,15 @@ class Agent:
             self.snapshot = await self.source.snapshot(self.settings.host)
             self._fetched = time.monotonic()
         snap = self.snapshot
-        self._consume_all()  # what happened until now, this pass observes
+        quiet = self._event_at is None
+        if self._consume_all():  # what happened until now, this pass observes
+            quiet = False
         self._event_at = None
+        full = not (quiet and reason == "intent")
         self.reasons[reason] += 1
         started = time.perf_counter()
         try:
-            changes, wired, errors = await asyncio.to_thread(self.reconcile, snap)
+            changes, wired, errors = await asyncio.to_thread(self.reconcile, snap, full)
         finally:
             self._pass_end = time.monotonic()
             self._rearm()
@@ -230,8 +239,10 @@ class Agent:
                 self._save_revision(snap.revision)
             self.in_sync.set()
         log.log(logging.INFO if changes or errors or self.passes == 1 else logging.DEBUG,
-                "pass %d at revision %d: %d changes in %.0f ms (%s)%s", self.passes, snap.revision, changes,
-                (time.perf_counter() - started) * 1000, reason, f" (errors: {self.last_error})" if errors else "")
+                "pass %d at revision %d: %d changes in %.0f ms (%s%s)%s", self.passes, snap.revision, changes,
+                (time.perf_counter() - started) * 1000, reason,
+                f"; {self.skipped} parts unchanged, not looked at" if self.skipped else "",
+                f" (errors: {self.last_error})" if errors else "")
         if errors:
             raise RuntimeError(self.last_error)
         return snap

@@ -25,7 +25,7 @@ from neutrino.dataplane import ownership as own
 from neutrino.dataplane.daemons import RUN_ROOT, ExitWatch, Supervisor
 from neutrino.dataplane.links import LinkPlane, NetlinkKernel
 from neutrino.dataplane.nft import NftPlane
-from neutrino.dataplane.plane import Made, Plane
+from neutrino.dataplane.plane import Made, Plane, PlaneResult
 from neutrino.dataplane.routes import NetlinkRoutes, RoutesPlane
 from neutrino.dataplane.sysctls import SysctlPlane
 from neutrino.intent.model import PortId, Snapshot
@@ -80,6 +80,11 @@ class Pipeline:
     name: str = "host"
     daemons: Supervisor = field(init=False)
     last_problems: tuple[str, ...] = ()
+    # The last snapshot and what it compiled to: the passes between two fetches (the resync timer, kernel
+    # events, a port's device awaited) reuse the snapshot object, and compiling is pure.
+    _compiled: tuple[Snapshot, HostState] | None = field(default=None, init=False, repr=False)
+    # By plane: the part of the desired state its last clean sync made, and the ports it found ready.
+    _kept: dict[int, tuple[object, frozenset[PortId]]] = field(default_factory=dict, init=False, repr=False)
 
     def __post_init__(self) -> None:
         s = self.settings
@@ -100,32 +105,52 @@ class Pipeline:
         return HostWatch(self.daemons)
 
     def compile(self, snap: Snapshot) -> HostState:
+        if self._compiled is not None and self._compiled[0] is snap:
+            return self._compiled[1]
         s = self.settings
-        return compile_host(snap, s.host, s.tunnel_ip, s.interface_mappings)
+        desired = compile_host(snap, s.host, s.tunnel_ip, s.interface_mappings)
+        self._compiled = (snap, desired)
+        return desired
 
-    def reconcile(self, snap: Snapshot) -> DriverResult:
+    def reconcile(self, snap: Snapshot, full: bool = True) -> DriverResult:
         desired = self.compile(snap)
         if desired.problems != self.last_problems:
             for problem in desired.problems:
                 log.warning("cannot realise: %s", problem)
             self.last_problems = desired.problems
-        return self.run(desired)
+        return self.run(desired, full)
 
-    def run(self, desired: HostState) -> DriverResult:
-        changes, errors = 0, []
+    def run(self, desired: HostState, full: bool = True) -> DriverResult:
+        """Every plane syncs; in a pass that is not ``full`` (new intent, no kernel event heard since the
+        last pass) a plane whose part of ``desired`` is what its last clean sync made, with nothing it
+        depends on changed in this pass, is not looked at again: its last answer stands. The periodic and
+        event passes are always full, so drift is still found within one resync."""
+        changes, errors, skipped = 0, [], 0
         made: Made = frozenset()
+        moved = 0  # changes so far by planes the later ones depend on
         named: dict[PortId, int] = {}
         ready: dict[PortId, int] = {}
-        for plane in self.planes:
+        for i, plane in enumerate(self.planes):
             for p in plane.names(desired):
                 named[p] = named.get(p, 0) + 1
-            try:
-                result = plane.sync(desired, made)
-            except Exception as exc:  # one plane's failure must not stop the others
-                log.warning("plane %s failed: %s", plane.name, exc)
-                errors.append(f"{plane.name}: {exc}")
-                continue
+            part = plane.part(desired)
+            kept = self._kept.get(i)
+            if not full and not made and not moved and kept is not None and kept[0] == part:
+                result = PlaneResult(ready=kept[1])
+                skipped += 1
+            else:
+                self._kept.pop(i, None)
+                try:
+                    result = plane.sync(desired, made)
+                except Exception as exc:  # one plane's failure must not stop the others
+                    log.warning("plane %s failed: %s", plane.name, exc)
+                    errors.append(f"{plane.name}: {exc}")
+                    moved += 1
+                    continue
+                self._kept[i] = (part, result.ready)
             changes += result.changes
+            if not plane.leaf:
+                moved += result.changes
             made = made | result.made
             for p in result.ready:
                 ready[p] = ready.get(p, 0) + 1
@@ -135,7 +160,8 @@ class Pipeline:
             "dhcp_ports": sum(len(d.hosts) for d in desired.dhcp), "routers": len(desired.routers),
             "router_ports": sum(1 for p in desired.port_links if p.namespace.startswith("qrouter-")),
             "ex_gw_ports": sum(1 for p in desired.port_links if p.peer.startswith("qg-")),
-            "filtered_ports": len({p for t in desired.nft if t.namespace is None for p in t.ports})})
+            "filtered_ports": len({p for t in desired.nft if t.namespace is None for p in t.ports})},
+            skipped=skipped)
 
 
 def sweep_legacy(state_dir: Path) -> int:

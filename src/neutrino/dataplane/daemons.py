@@ -328,6 +328,11 @@ class Supervisor:
     def remember(self, obs: Observed) -> None:
         self._pids = {k: r.pid for k, r in obs.daemons.items() if r.pid is not None}
 
+    leaf = True  # nothing runs after the daemons
+
+    def part(self, desired: HostState) -> object:
+        return desired.daemons
+
     def names(self, desired: HostState) -> set[PortId]:
         return {p for s in desired.daemons for p in s.ports}
 

@@ -366,8 +366,13 @@ class LinkPlane:
             raise KernelError("; ".join(errors))
         return sum(1 for op in ops if not isinstance(op, NetnsAdopt))
 
+    leaf = False
+
     def names(self, desired: HostState) -> set[PortId]:
         return names(desired)
+
+    def part(self, desired: HostState) -> object:
+        return (desired.namespaces, desired.bridges, desired.vxlans, desired.vlans, desired.plugs, desired.port_links)
 
     def sync(self, desired: HostState, made_before: Made = frozenset()) -> PlaneResult:
         obs = self.observe(desired)
@@ -382,8 +387,13 @@ class LinkPlane:
             error, changes = exc, len(ops)
         if error is not None:
             raise error
-        obs = self.observe(desired)
+        if not all(isinstance(op, KEEPS_WIRING) for op in ops):
+            obs = self.observe(desired)  # what is wired now (else as observed: a new port's FDB entries elsewhere)
         return PlaneResult(changes, frozenset(wired(desired, obs)), frozenset(made(ops)))
+
+
+# Ops that leave every link where it was (existing, enslaved, up) and every namespace: what ``wired`` looks at.
+KEEPS_WIRING = (FdbAdd, FdbDel, AddrAdd, AddrDel, SetMtu, SetAlias)
 
 
 def made(ops: Sequence[Op]) -> set[tuple[str | None, str]]:

@@ -307,8 +307,13 @@ class NftPlane:
                     taken = True
         return taken
 
+    leaf = True
+
     def names(self, desired: HostState) -> set[PortId]:
         return {p for t in self.tables(desired) for p in t.ports}
+
+    def part(self, desired: HostState) -> object:
+        return self.tables(desired)
 
     def ready(self, desired: HostState) -> set[PortId]:
         return {p for t in self.tables(desired) if (t.namespace, t.family) in self.applied

@@ -222,6 +222,11 @@ class RoutesPlane:
             raise KernelError("; ".join(errors))
         return len(ops)
 
+    leaf = False
+
+    def part(self, desired: HostState) -> object:
+        return desired.routes
+
     def names(self, desired: HostState) -> set[PortId]:
         return set()
 

@@ -121,6 +121,11 @@ class SysctlPlane:
             raise KernelError("; ".join(errors))
         return len(ops)
 
+    leaf = False
+
+    def part(self, desired: HostState) -> object:
+        return desired.sysctls
+
     def names(self, desired: HostState) -> set[PortId]:
         return {p for spec in desired.sysctls for p in spec.ports}
 

@@ -55,6 +55,7 @@ class Channel:
         self._read = read
         self._write = write
         self.feed = feed
+        self.memo = snapshot.Memo()  # what the snapshots of one revision share (a wake burst's)
 
     async def report(self, rep: AgentReport) -> str:
         agent_id: str = await self._write(lambda conn: register(conn, self.core, rep))
@@ -65,7 +66,7 @@ class Channel:
 
     async def snapshot(self, host: str) -> Snapshot:
         down_after = self.core.cfg.agent.agent_down_seconds
-        found: Snapshot = await self._read(lambda conn: snapshot.build(conn, host, down_after))
+        found: Snapshot = await self._read(lambda conn: snapshot.build(conn, host, down_after, self.memo))
         return found
 
     async def port_status(self, status: PortStatus) -> int:
