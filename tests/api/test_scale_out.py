@@ -255,7 +255,7 @@ def test_a_write_elsewhere_does_not_wake_the_agent(pair: Pair) -> None:
     a, b = pair.raw(0), pair.raw(1)
     x = SimHost(uniq("hx"), a)
     mine, other = network(b), network(b)
-    port(b, mine, x.name)
+    pid = port(b, mine, x.name)
     after = revision(a, x.name)
     pool, fut = waiting(lambda: x.wait(after, WAIT))
     try:
@@ -263,6 +263,8 @@ def test_a_write_elsewhere_does_not_wake_the_agent(pair: Pair) -> None:
         port(b, other, uniq("hy"))       # another network, another host
         network(b)                       # a network nobody has
         port(a, other)                   # unbound, on the other network
+        for path in (f"/v2.0/networks/{mine}/tags/blue", f"/v2.0/ports/{pid}/tags/blue"):
+            assert b("PUT", path).status_code == 201  # tags: in no snapshot
         elsewhere = status(a)["revision"]
         read_through(a, elsewhere)       # offered to x's wait: one of them concerning x would wake it now
         port(b, mine)
@@ -663,3 +665,33 @@ def test_sqlite_one_server_filters_wakes_and_prunes(sqlite_server: Server) -> No
     port(raw, mine)
     assert revision(raw, x.name) == newest + 1
     forget(raw, x.name)
+
+
+def test_a_snapshot_fetched_after_a_write_has_it_while_other_hosts_fetch_theirs(pair: Pair) -> None:
+    """The servers share what the snapshots of one revision have in common (sync/snapshot.Memo) while a
+    burst of hosts fetches: a port whose create has returned is in the next snapshot of every host of
+    its network, through either server, however many snapshots were just built."""
+    a, b = pair.raw(0), pair.raw(1)
+    net = network(a)
+    hosts = [uniq("hm") for _ in range(4)]
+    for h in hosts:
+        port(a, net, h)
+    stop = threading.Event()
+
+    def fetch(raw: Raw, host: str) -> None:
+        while not stop.is_set():
+            SimHost(host, raw).snapshot()
+
+    pool = ThreadPoolExecutor(4)
+    busy = [pool.submit(fetch, (a, b)[i % 2], h) for i, h in enumerate(hosts)]
+    try:
+        for k in range(30):
+            made = port((a, b)[k % 2], net, hosts[k % len(hosts)])
+            for raw in (a, b):
+                for h in hosts[:2]:
+                    assert made in SimHost(h, raw).snapshot()["ports"], (k, h)
+    finally:
+        stop.set()
+        pool.shutdown()
+    for f in busy:
+        f.result()

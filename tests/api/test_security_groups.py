@@ -566,7 +566,8 @@ def test_snapshots_of_one_revision_share_what_is_not_the_hosts_and_never_go_stal
                                                                                   db: Database) -> None:
     """Hosts woken by one change fetch their snapshots at one revision: the network's ports and the
     groups are read once (the very same objects in both) and each snapshot is what a build without the
-    memo makes; a write moves the revision on and the next build reads it, however soon."""
+    memo makes; a write moves the revision on and the next build reads what it touched, however soon,
+    and keeps the rest."""
     m = alice.raw
     here, there = uniq("mmhost"), uniq("mmhost")
     net, _ = network(m)
@@ -590,7 +591,21 @@ def test_snapshots_of_one_revision_share_what_is_not_the_hosts_and_never_go_stal
     assert after.revision > shared[1].revision
     assert [str(p.ip_address) for p in after.ports[c["id"]].allowed_address_pairs] == ["10.252.0.1/32"]
     assert ipaddress.ip_network("10.252.0.1/32") in after.security_groups[gid].members
-    for p in (a, b, c):
+    # A change elsewhere (a port on another network) leaves this network's pieces as read; one naming the
+    # network (a port's address pairs) has them read again.
+    elsewhere, _ = network(m)
+    d = port(m, elsewhere)
+    with db.read() as conn:
+        later = build(conn, there, 60, memo)
+    assert later.revision > after.revision and later.ports[c["id"]] is after.ports[c["id"]]
+    m("PUT", f"/v2.0/ports/{a['id']}", json={"port": {"allowed_address_pairs": [{"ip_address": "10.252.0.2"}]}})
+    with db.read() as conn:
+        last = build(conn, there, 60, memo)
+    assert last.ports[c["id"]] is not later.ports[c["id"]] and last.ports[c["id"]] == later.ports[c["id"]]
+    assert [str(p.ip_address) for p in last.ports[a["id"]].allowed_address_pairs] == ["10.252.0.2/32"]
+    with db.read() as conn:
+        assert codec.encode(build(conn, there, 60, memo)) == codec.encode(build(conn, there, 60))
+    for p in (a, b, c, d):
         m("DELETE", f"/v2.0/ports/{p['id']}")
 
 

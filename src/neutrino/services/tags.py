@@ -48,7 +48,8 @@ def _current(conn: Connection, rid: str) -> list[str]:
 def _store(conn: Connection, resource: str, rid: str, new: list[str]) -> None:
     standard.set_tags(conn, resource, rid, new)
     standard.bump(conn, TAGGED[resource][0], rid)
-    standard.emit(conn, resource, rid, "update")
+    # No change-feed row: no snapshot carries tags, so no agent has anything to do (a row naming neither
+    # host nor network would wake every agent).
 
 
 def show(conn: Connection, ctx: RequestContext, resource: str, rid: str) -> list[str]:

@@ -3,8 +3,9 @@
 A host's ``Scope``: the host itself, its networks (a port bound to it, its DHCP, its L3 agent's routers'
 networks: the networks its snapshot has) and its L3 agent's routers. A change concerns the host when it
 names the host, one of those networks or one of those routers; a change that names neither a host nor a
-network and whose reach the row cannot tell (an agent registering, an agent's admin state, the tags of a
-port) concerns every host; security group changes are written once per host they concern.
+network and whose reach the row cannot tell (an agent registering, an agent's admin state) concerns
+every host (tags make no row: no snapshot has them); security group changes are written once per host
+they concern.
 
 Every change that gives a host something it did not have names that host (a port bound to it, a network
 or a router scheduled to it, a router interface on its router: the port, bound to it), so the scope read

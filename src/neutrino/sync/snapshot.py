@@ -68,6 +68,7 @@ from neutrino.intent.model import (
 )
 from neutrino.services.agents import is_alive
 from neutrino.services.sgrules import number
+from neutrino.sync import retention
 
 links = securitygroupportbindings
 
@@ -80,9 +81,12 @@ def _mode(value: str | None) -> Ipv6Mode | None:
     return Ipv6Mode(value) if value else None
 
 
-# A memo's pieces serve the snapshots of one revision for at most this long: a burst of agents woken by
-# the same change shares them; a heartbeat's fetch (every 10 s) always reads the database afresh.
+# A shelf (below) serves the snapshots of one revision for at most MEMO_SECONDS: a burst of agents woken
+# by one change shares it. A network's pieces are carried to the next revision's shelf unless a change
+# since names the network, for at most KEEP_SECONDS: a heartbeat's fetch (every 10 s) reads them afresh.
 MEMO_SECONDS = 2.0
+KEEP_SECONDS = 10.0
+TOUCHED_LIMIT = 5_000  # changes between two shelves past which nothing is carried over
 
 
 @dataclass(slots=True)
@@ -91,39 +95,74 @@ class _Shelf:
     made: float
     networks: dict[str, tuple[NetworkSpec, tuple[SubnetSpec, ...]]] = field(default_factory=dict)
     ports: dict[str, tuple[PortSpec, ...]] = field(default_factory=dict)  # every port of a network
+    born: dict[str, float] = field(default_factory=dict)  # when a network's pieces were read
     groups: dict[frozenset[str], dict[SecurityGroupId, SecurityGroupSpec]] = field(default_factory=dict)
+
+    def carry(self, revision: int, now: float, touched: set[str] | None, keep: float) -> _Shelf:
+        """The shelf of ``revision``: this one's networks that no change since named (``touched``; None:
+        any may have changed) and that were read less than ``keep`` seconds ago; groups are the
+        revision's own (a member's address moves any group on any network)."""
+        if touched is None:
+            return _Shelf(revision, now)
+        kept = {n for n, t in self.born.items() if n not in touched and now - t < keep}
+        return _Shelf(revision, now, {n: v for n, v in self.networks.items() if n in kept},
+                      {n: v for n, v in self.ports.items() if n in kept}, {n: self.born[n] for n in kept})
+
+
+def touched_networks(conn: Connection, after: int, upto: int) -> set[str] | None:
+    """The networks whose rows (the network, its subnets, its ports with their addresses and groups) a
+    change in (after, upto] may have moved; None when the feed cannot tell (rows pruned, too many, a
+    port or subnet change without its network). Every write of those rows names the network (services)."""
+    if after < 0 or after < retention.pruned_through(conn):
+        return None
+    rows = conn.execute(select(changes.c.resource, changes.c.resource_id, changes.c.network_id)
+                        .where(changes.c.seq > after, changes.c.seq <= upto).limit(TOUCHED_LIMIT + 1)).all()
+    if len(rows) > TOUCHED_LIMIT:
+        return None
+    out: set[str] = set()
+    for resource, rid, network_id in rows:
+        if network_id:
+            out.add(network_id)
+        elif resource == "network":
+            out.add(rid)
+        elif resource in ("port", "subnet"):
+            return None
+    return out
 
 
 class Memo:
-    """Pieces of host snapshots that do not depend on the host — a network with its subnets, all the ports
-    of a network, the security groups of a set of ids — shared by every snapshot built at the same feed
-    revision. When a change wakes the hosts of a network (or, for a default-group port, every host), each
-    fetches its snapshot at that revision; without this each read and decoded the same rows again.
+    """Pieces of host snapshots that do not depend on the host -- a network with its subnets, all the
+    ports of a network, the security groups of a set of ids -- shared by the snapshots built at one feed
+    revision, and a network's pieces kept across revisions until a change names the network. When a
+    change wakes the hosts of a network (or, for a default-group port, every host), each fetches its
+    snapshot; without this each read and decoded every port of every one of its networks again.
 
     Sound because a build reads the revision first: whatever it reads next includes every change up to
-    that revision, so a piece made for revision R may serve any later build at R. A newer revision
-    replaces the shelf; an older one (a build that started earlier) gets a throwaway one."""
+    that revision (on PostgreSQL the feed's rows become visible in their order), so a piece read for
+    revision R serves any later build at R, and at R' > R unless a change in (R, R'] names its network.
+    A build at a revision older than the memo's (it started earlier) gets a shelf of its own."""
 
-    def __init__(self, seconds: float = MEMO_SECONDS) -> None:
-        self.seconds = seconds
+    def __init__(self, seconds: float = MEMO_SECONDS, keep: float = KEEP_SECONDS) -> None:
+        self.seconds, self.keep = seconds, keep
         self._lock = threading.Lock()
         self._shelf = _Shelf(-1, 0.0)
 
-    def shelf(self, revision: int) -> _Shelf:
+    def shelf(self, conn: Connection, revision: int) -> _Shelf:
         now = time.monotonic()
         with self._lock:
             current = self._shelf
+            if revision < current.revision:
+                return _Shelf(revision, now)
             if revision == current.revision and now - current.made < self.seconds:
                 return current
-            if revision >= current.revision:
-                self._shelf = _Shelf(revision, now)
-                return self._shelf
-        return _Shelf(revision, now)
+            touched = set() if revision == current.revision else touched_networks(conn, current.revision, revision)
+            self._shelf = current.carry(revision, now, touched, self.keep)
+            return self._shelf
 
 
 def build(conn: Connection, host: str, down_after: float, memo: Memo | None = None) -> Snapshot:
     revision = current_revision(conn)
-    shelf = memo.shelf(revision) if memo is not None else _Shelf(revision, 0.0)
+    shelf = memo.shelf(conn, revision) if memo is not None else _Shelf(revision, 0.0)
     dhcp_nets = {r[0] for r in conn.execute(
         select(dhcp_bindings.c.network_id).join(agents, agents.c.id == dhcp_bindings.c.agent_id)
         .where(agents.c.host == host, agents.c.agent_type == AgentType.DHCP.value,
@@ -145,8 +184,11 @@ def build(conn: Connection, host: str, down_after: float, memo: Memo | None = No
             router_nets.add(nid)
     port_nets = sorted(dhcp_nets | bound_nets)
     net_ids = sorted(dhcp_nets | bound_nets | router_nets)
-    _fill_networks(conn, shelf, [n for n in net_ids if n not in shelf.networks])
-    _fill_ports(conn, shelf, [n for n in port_nets if n not in shelf.ports])
+    read_at = time.monotonic()
+    filled = _fill_networks(conn, shelf, [n for n in net_ids if n not in shelf.networks]) + \
+        _fill_ports(conn, shelf, [n for n in port_nets if n not in shelf.ports])
+    for n in filled:
+        shelf.born.setdefault(n, read_at)
     nets: dict[NetworkId, NetworkSpec] = {}
     subs: dict[SubnetId, SubnetSpec] = {}
     prts: dict[PortId, PortSpec] = {}
@@ -186,9 +228,9 @@ _address = functools.lru_cache(maxsize=1 << 16)(ipaddress.ip_address)
 _network = functools.lru_cache(maxsize=1 << 16)(ipaddress.ip_network)
 
 
-def _fill_networks(conn: Connection, shelf: _Shelf, ids: list[str]) -> None:
+def _fill_networks(conn: Connection, shelf: _Shelf, ids: list[str]) -> list[str]:
     if not ids:
-        return
+        return ids
     found: dict[str, list[SubnetSpec]] = {n: [] for n in ids}
     for s in conn.execute(select(subnets).where(subnets.c.network_id.in_(ids)).order_by(subnets.c.id)):
         found[s.network_id].append(SubnetSpec(
@@ -203,16 +245,18 @@ def _fill_networks(conn: Connection, shelf: _Shelf, ids: list[str]) -> None:
             id=NetworkId(n.id), network_type=NetworkType(n.network_type),
             segmentation_id=n.segmentation_id or None, physical_network=n.physical_network or None,
             mtu=n.mtu, admin_state_up=n.admin_state_up), tuple(found[n.id]))
+    return ids
 
 
-def _fill_ports(conn: Connection, shelf: _Shelf, ids: list[str]) -> None:
+def _fill_ports(conn: Connection, shelf: _Shelf, ids: list[str]) -> list[str]:
     """Every port of the networks ``ids``."""
     if not ids:
-        return
+        return ids
     found: dict[str, list[PortSpec]] = {n: [] for n in ids}
     for p in _ports(conn, ports.c.network_id.in_(ids), ipallocations.c.network_id.in_(ids)):
         found[p.network_id].append(p)
     shelf.ports.update((n, tuple(found[n])) for n in ids)
+    return ids
 
 
 def _ports(conn: Connection, wanted: Any, addresses: Any) -> list[PortSpec]:
