@@ -99,14 +99,14 @@ class FakeDriver:
         self.changes_left = changes_left
         self.fail = fail
         self.passes = 0
-        self.fulls: list[bool] = []  # each pass: full or quiet (Driver.reconcile)
+        self.fulls: list[tuple[int, bool]] = []  # each pass: its revision, full or quiet (Driver.reconcile)
 
     def watch(self) -> Watch:
         return self.pipe
 
     def reconcile(self, snap: Snapshot, full: bool = True) -> DriverResult:
         self.passes += 1
-        self.fulls.append(full)
+        self.fulls.append((snap.revision, full))
         if self.fail:
             raise KernelError("set link failed: (22, 'Invalid argument')", obj="brq0", errno=errno.EINVAL)
         if self.changes_left:
@@ -178,18 +178,19 @@ def test_only_a_pass_for_new_intent_with_nothing_heard_from_the_kernel_is_quiet(
     source, driver = FakeSource(), FakeDriver()
     agent = Agent(source, settings(tmp_path, 0.3), [driver])
 
+    def at(revision: int) -> list[bool]:
+        return [full for rev, full in driver.fulls if rev == revision]
+
     async def body() -> None:
         await until("the first pass", lambda: agent.passes == 1)
         source.move()
-        await until("a pass at the new revision", lambda: agent.revision == 2)
-        assert driver.fulls == [True, False]  # the start, then the intent alone
-        await until("a resync", lambda: agent.reasons["resync"] >= 1)
-        assert driver.fulls[-1] is True
+        await until("a resync at the new revision", lambda: len(at(2)) >= 2)
+        assert at(1)[0] is True and at(2)[:2] == [False, True]  # the start; the intent alone; the timer
         seen = len(driver.fulls)
         driver.pipe.poke()  # heard from the kernel, and new intent at once
         source.move()
-        await until("a pass at the newer revision", lambda: agent.revision == 3)
-        assert driver.fulls[seen] is True, driver.fulls  # whatever woke it, the pass covering the event is full
+        await until("a pass at the newer revision", lambda: bool(at(3)))
+        assert driver.fulls[seen][1] is True, driver.fulls  # the pass after the event is full, whatever woke it
 
     asyncio.run(running(agent, body))
 
