@@ -700,6 +700,20 @@ def latency(lab: Lab) -> list[tuple[str, str]]:
     return rows
 
 
+def diagnose(lab: Lab, net: str, port: dict[str, Any]) -> str:
+    """Where a port's DHCP went wrong: its status, its MAC in the network's dnsmasq hosts file and in the
+    VXLAN FDB of each host of the network, and the end of those hosts' agent logs."""
+    mac, dhcp = port["mac_address"], lab.topo.dhcp[net]
+    hosts_file = lab.dir / "hosts" / dhcp / "agent" / "dhcp" / net / "hosts"
+    lines = [f"port {port['id']} on {port['binding:host_id']}: {port['status']}; DHCP on {dhcp}: "
+             f"MAC in its hosts file: {mac in hosts_file.read_text()}"]
+    for h in sorted(lab.topo.hosts_of(net) | {dhcp, port["binding:host_id"]}):
+        fdb = lab.hosts[h].run(["bridge", "fdb", "show", "dev", f"vxlan-{lab.topo.vni[net]}"], timeout=30).stdout
+        tail = "\n    ".join(lab.log(h).read_text().splitlines()[-8:])
+        lines.append(f"{h}: MAC in the VXLAN FDB: {mac in fdb}; agent log:\n    {tail}")
+    return "\n".join(lines)
+
+
 def instances(lab: Lab) -> list[tuple[str, str]]:
     """Two lab instances on two hosts of one network: DHCP addresses, and they ping each other."""
     net = sorted(lab.topo.span)[0]
@@ -708,9 +722,9 @@ def instances(lab: Lab) -> list[tuple[str, str]]:
     for name, host in (("scale1", x), ("scale2", y)):
         done = subprocess.run([NEUTRINO, "instance", "create", "--state-dir", str(lab.dir), "--host", host,
                                "--network", net, name], capture_output=True, text=True, timeout=120)
-        if done.returncode != 0:
-            raise RuntimeError(f"instance {name} on {host}: {done.stdout}{done.stderr}")
         port = ok(lab.api.get("/v2.0/ports", params={"name": name}))["ports"][0]
+        if done.returncode != 0:
+            raise RuntimeError(f"instance {name} on {host}: {done.stdout}{done.stderr}\n{diagnose(lab, net, port)}")
         addrs[name] = port["fixed_ips"][0]["ip_address"]
 
     def has(name: str) -> bool:
