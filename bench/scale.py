@@ -706,7 +706,8 @@ def diagnose(lab: Lab, net: str, port: dict[str, Any]) -> str:
     mac, dhcp = port["mac_address"], lab.topo.dhcp[net]
     hosts_file = lab.dir / "hosts" / dhcp / "agent" / "dhcp" / net / "hosts"
     lines = [f"port {port['id']} on {port['binding:host_id']}: {port['status']}; DHCP on {dhcp}: "
-             f"MAC in its hosts file: {mac in hosts_file.read_text()}"]
+             f"MAC in its hosts file: {mac in hosts_file.read_text()}; dnsmasq's log:",
+             *(f"    {line}" for line in (hosts_file.parent / "dnsmasq.log").read_text().splitlines()[-12:])]
     for h in sorted(lab.topo.hosts_of(net) | {dhcp, port["binding:host_id"]}):
         fdb = lab.hosts[h].run(["bridge", "fdb", "show", "dev", f"vxlan-{lab.topo.vni[net]}"], timeout=30).stdout
         tail = "\n    ".join(lab.log(h).read_text().splitlines()[-8:])
