@@ -60,6 +60,17 @@ class Sim:
                 self.after = rev
 
 
+async def shut_down(stop: asyncio.Event, tasks: list[asyncio.Task[Any]], clients: list[httpx.AsyncClient]) -> None:
+    """End the waiters (``Sim.run``) and close their clients."""
+    stop.set()
+    for t in tasks:
+        t.cancel()
+    for t in tasks:
+        with contextlib.suppress(BaseException):
+            await t
+    for c in clients:
+        await c.aclose()
+
 async def bench(urls: list[str], token: str, agents: int, changes: int, filtered: bool,
                 groups: bool) -> dict[str, Any]:
     headers = {"X-Auth-Token": token}
@@ -100,14 +111,7 @@ async def bench(urls: list[str], token: str, agents: int, changes: int, filtered
         woken.append(len(new))
         latencies += [s.wakes[before[s.host]][0] - sent for s in new if s.server != via]
         after_answer += [s.wakes[before[s.host]][0] - answered for s in new if s.server != via]
-    stop.set()
-    for t in tasks:
-        t.cancel()
-    for t in tasks:
-        with contextlib.suppress(BaseException):
-            await t
-    for c in clients:
-        await c.aclose()
+    await shut_down(stop, tasks, clients)
     expected = statistics.mean(len(m) for m in members.values())
     return {"latencies": latencies, "after_answer": after_answer, "woken": woken, "expected": expected}
 

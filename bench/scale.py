@@ -60,7 +60,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from bench.common import cpu_seconds, ok, pct, progress, rss_mb, wait_for  # noqa: E402
-from bench.feed import Sim  # noqa: E402
+from bench.feed import Sim, shut_down  # noqa: E402
 from neutrino.hosts import Host, Process, Underlay  # noqa: E402
 from neutrino.lab import multihost  # noqa: E402
 from tests.api.conftest import PG_BIN, Postgres, Server, free_port, pg_cluster, start_server  # noqa: E402
@@ -638,14 +638,7 @@ async def probes(lab: Lab) -> list[Probe]:
             if (k + 1) % 50 == 0:
                 progress(f"{k + 1} probes")
     finally:
-        stop.set()
-        for t in tasks:
-            t.cancel()
-        for t in tasks:
-            with contextlib.suppress(BaseException):
-                await t
-        for c in clients:
-            await c.aclose()
+        await shut_down(stop, tasks, clients)
         watch.close()
     return out
 
