@@ -8,6 +8,7 @@ import os
 import subprocess
 import sys
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -188,10 +189,44 @@ def test_extra_routes(member: Member) -> None:
     assert m("DELETE", f"/v2.0/routers/{r['id']}").status_code == 204
 
 
+def test_extraroutes_are_atomic_under_concurrency(member: Member) -> None:
+    """extraroute-atomic: concurrent add_extraroutes (and remove_extraroutes) each change the routes the
+    router has when it runs, so none is lost, whatever the interleaving (PostgreSQL: READ COMMITTED)."""
+    m = member.raw
+    r = router(m)
+    _, sub_id, gateway_ip = private(m, "atomic")
+    assert put(m, r["id"], "add_router_interface", {"subnet_id": sub_id}).status_code == 200
+    nexthop = gateway_ip.rsplit(".", 1)[0] + ".30"
+    routes = [{"destination": f"172.20.{i}.0/24", "nexthop": nexthop} for i in range(16)]
+
+    def change(action: str, route: dict[str, str]) -> Any:
+        return put(m, r["id"], action, {"router": {"routes": [route]}})
+
+    def key(route: dict[str, str]) -> str:
+        return route["destination"]
+
+    with ThreadPoolExecutor(len(routes)) as pool:
+        added = list(pool.map(lambda route: change("add_extraroutes", route), routes))
+        assert [a.status_code for a in added] == [200] * len(routes), [a.text for a in added]
+        # Each answer holds its own route (and those added before it).
+        assert all(route in a.json()["router"]["routes"] for a, route in zip(added, routes, strict=True))
+        shown = m("GET", f"/v2.0/routers/{r['id']}").json()["router"]
+        assert sorted(shown["routes"], key=key) == sorted(routes, key=key)
+        assert shown["revision_number"] == r["revision_number"] + 1 + len(routes)  # +1: the interface
+        removed = list(pool.map(lambda route: change("remove_extraroutes", route), routes))
+        assert [x.status_code for x in removed] == [200] * len(routes), [x.text for x in removed]
+        assert all(route not in x.json()["router"]["routes"] for x, route in zip(removed, routes, strict=True))
+    assert m("GET", f"/v2.0/routers/{r['id']}").json()["router"]["routes"] == []
+    assert put(m, r["id"], "remove_router_interface", {"subnet_id": sub_id}).status_code == 200
+    assert m("DELETE", f"/v2.0/routers/{r['id']}").status_code == 204
+
+
 def test_member_policy(member: Member, external: External, admin: openstack.connection.Connection) -> None:
     m = member.raw
     error(m("POST", "/v2.0/routers", json={"router": {"external_gateway_info": {
         "network_id": external.network_id, "enable_snat": False}}}), 403, "PolicyNotAuthorized")
+    error(m("POST", "/v2.0/routers", json={"router": {"external_gateway_info": {  # the key given: Neutron's rule
+        "network_id": external.network_id, "enable_snat": True}}}), 403, "PolicyNotAuthorized")
     error(m("POST", "/v2.0/routers", json={"router": {"external_gateway_info": {
         "network_id": external.network_id,
         "external_fixed_ips": [{"subnet_id": external.subnet_id}]}}}), 403, "PolicyNotAuthorized")
@@ -212,6 +247,97 @@ def test_member_policy(member: Member, external: External, admin: openstack.conn
     assert r["external_gateway_info"]["enable_snat"] is False
     assert r["external_gateway_info"]["external_fixed_ips"][0]["ip_address"] == ip
     assert raw("DELETE", f"/v2.0/routers/{r['id']}").status_code == 204
+
+
+def test_member_policy_on_gateway_update(member: Member, external: External, raw: Raw) -> None:
+    """Updating the gateway, as on create: only admins give enable_snat or external_fixed_ips (Neutron's
+    update_router:external_gateway_info:* rules, on the keys given); a refused update changes nothing."""
+    m = member.raw
+    r = router(m, external_gateway_info={"network_id": external.network_id})
+    before = m("GET", f"/v2.0/routers/{r['id']}").json()["router"]
+    [gw_port] = raw("GET", "/v2.0/ports", params={"device_id": r["id"],
+                                                  "device_owner": "network:router_gateway"}).json()["ports"]
+    ip = external.cidr.replace("0/24", "67")
+    for info, key in (({"enable_snat": False}, "enable_snat"), ({"enable_snat": True}, "enable_snat"),
+                      ({"external_fixed_ips": [{"subnet_id": external.subnet_id}]}, "external_fixed_ips"),
+                      ({"external_fixed_ips": [{"ip_address": ip}]}, "external_fixed_ips"),
+                      ({"enable_snat": False, "external_fixed_ips": []}, "enable_snat")):
+        err = error(m("PUT", f"/v2.0/routers/{r['id']}", json={"router": {"external_gateway_info": {
+            "network_id": external.network_id, **info}}}), 403, "PolicyNotAuthorized")
+        assert err["message"] == f"(rule:update_router:external_gateway_info:{key}) is disallowed by policy"
+        assert m("GET", f"/v2.0/routers/{r['id']}").json()["router"] == before
+    assert raw("GET", "/v2.0/ports", params={"device_id": r["id"], "device_owner": "network:router_gateway"}
+               ).json()["ports"] == [gw_port]
+    # Along with an allowed change, the whole update is refused.
+    error(m("PUT", f"/v2.0/routers/{r['id']}", json={"router": {"name": "renamed", "external_gateway_info": {
+        "network_id": external.network_id, "enable_snat": False}}}), 403, "PolicyNotAuthorized")
+    assert m("GET", f"/v2.0/routers/{r['id']}").json()["router"]["name"] == r["name"]
+    # An admin may, and the member still manages the rest of its router.
+    up = raw("PUT", f"/v2.0/routers/{r['id']}", json={"router": {"external_gateway_info": {
+        "network_id": external.network_id, "enable_snat": False, "external_fixed_ips": [{"ip_address": ip}]}}})
+    assert up.status_code == 200, up.text
+    gw = up.json()["router"]["external_gateway_info"]
+    assert gw["enable_snat"] is False and gw["external_fixed_ips"] == [{"subnet_id": external.subnet_id,
+                                                                        "ip_address": ip}]
+    renamed = m("PUT", f"/v2.0/routers/{r['id']}", json={"router": {"name": "mine"}})
+    assert renamed.status_code == 200 and renamed.json()["router"]["external_gateway_info"] == gw
+    assert m("DELETE", f"/v2.0/routers/{r['id']}").status_code == 204
+
+
+def test_floating_ip_on_a_chosen_fixed_ip(member: Member, external: External) -> None:
+    """A port with several fixed IPs: the floating IP maps to the fixed_ip_address asked for (on create and
+    on update), which must be one of the port's, behind a router with a gateway on the external network."""
+    m = member.raw
+    net_id, sub_id, gateway_ip = private(m, "fipfixed")
+    other = m("POST", "/v2.0/subnets", json={"subnet": {"network_id": net_id, "ip_version": 4,
+                                                         "cidr": cidr()}}).json()["subnet"]  # not routed
+    r = router(m, external_gateway_info={"network_id": external.network_id})
+    assert put(m, r["id"], "add_router_interface", {"subnet_id": sub_id}).status_code == 200
+    prefix = gateway_ip.rsplit(".", 1)[0]
+    first, second = f"{prefix}.41", f"{prefix}.42"
+    unrouted = other["gateway_ip"].rsplit(".", 1)[0] + ".43"
+    port = m("POST", "/v2.0/ports", json={"port": {"network_id": net_id, "fixed_ips": [
+        {"ip_address": first}, {"ip_address": second}, {"ip_address": unrouted}]}})
+    assert port.status_code == 201, port.text
+    port_id = port.json()["port"]["id"]
+
+    def create(**attrs: Any) -> Any:
+        return m("POST", "/v2.0/floatingips", json={"floatingip": {
+            "floating_network_id": external.network_id, "port_id": port_id, **attrs}})
+
+    made = create(fixed_ip_address=second)
+    assert made.status_code == 201, made.text
+    f = made.json()["floatingip"]
+    assert f["fixed_ip_address"] == second and f["port_id"] == port_id and f["router_id"] == r["id"]
+    assert m("GET", f"/v2.0/floatingips/{f['id']}").json()["floatingip"]["fixed_ip_address"] == second
+    listed = m("GET", "/v2.0/floatingips", params={"fixed_ip_address": second}).json()["floatingips"]
+    assert [x["id"] for x in listed] == [f["id"]]
+    # Not one of the port's, none of several IPv4 addresses chosen, one on a subnet with no router.
+    err = error(create(fixed_ip_address=f"{prefix}.99"), 400, "BadRequest")
+    assert f"{prefix}.99" in err["message"]
+    error(create(), 400, "BadRequest")
+    error(create(fixed_ip_address=unrouted), 404, "ExternalGatewayForFloatingIPNotFound")
+    error(create(fixed_ip_address=second), 409, "FloatingIPPortAlreadyAssociated")
+    error(m("POST", "/v2.0/floatingips", json={"floatingip": {"floating_network_id": external.network_id,
+                                                                "fixed_ip_address": second}}), 400, "BadRequest")
+    # The port's other address gets its own floating IP; the first one moves to it, then back.
+    g = create(fixed_ip_address=first)
+    assert g.status_code == 201 and g.json()["floatingip"]["fixed_ip_address"] == first
+    error(m("PUT", f"/v2.0/floatingips/{f['id']}", json={"floatingip": {"port_id": port_id,
+                                                                          "fixed_ip_address": first}}),
+          409, "FloatingIPPortAlreadyAssociated")
+    assert m("DELETE", f"/v2.0/floatingips/{g.json()['floatingip']['id']}").status_code == 204
+    moved = m("PUT", f"/v2.0/floatingips/{f['id']}", json={"floatingip": {"port_id": port_id,
+                                                                            "fixed_ip_address": first}})
+    assert moved.status_code == 200 and moved.json()["floatingip"]["fixed_ip_address"] == first
+    error(m("PUT", f"/v2.0/floatingips/{f['id']}", json={"floatingip": {"port_id": port_id,
+                                                                          "fixed_ip_address": f"{prefix}.99"}}),
+          400, "BadRequest")
+    assert m("GET", f"/v2.0/floatingips/{f['id']}").json()["floatingip"]["fixed_ip_address"] == first
+    assert m("DELETE", f"/v2.0/floatingips/{f['id']}").status_code == 204
+    assert m("DELETE", f"/v2.0/ports/{port_id}").status_code == 204
+    assert put(m, r["id"], "remove_router_interface", {"subnet_id": sub_id}).status_code == 200
+    assert m("DELETE", f"/v2.0/routers/{r['id']}").status_code == 204
 
 
 def test_floating_ips(member: Member, external: External, raw: Raw) -> None:

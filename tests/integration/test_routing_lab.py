@@ -13,10 +13,15 @@ route by DHCP and then:
 - lose east-west when an interface is removed; the router deleted, its namespace goes.
 
 The router's IPv6 gateway gets its default route, and the router answers on it.
+
+IPv6 through a router: instances on two SLAAC subnets (ipv6_ra_mode and ipv6_address_mode slaac) attached to
+one router take the addresses their ports announce (EUI-64, from the router's advertisements) and the
+router's link-local address as their default route, and ping each other across it.
 """
 
 from __future__ import annotations
 
+import ipaddress
 import re
 import subprocess
 import sys
@@ -65,6 +70,33 @@ for line in sys.stdin:
     print(r.readline().strip(), flush=True)
 """
 PORT = 7001
+# Sends a router solicitation on eth0 and prints each router advertisement's source, router lifetime and
+# autonomous prefixes, until one from argv[1] announces argv[2] (or argv[3] seconds pass).
+RA_PROBE = r"""
+import socket, struct, sys, time
+ifindex = socket.if_nametoindex("eth0")
+s = socket.socket(socket.AF_INET6, socket.SOCK_RAW, socket.IPPROTO_ICMPV6)
+s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_MULTICAST_HOPS, 255)
+s.sendto(bytes([133, 0, 0, 0, 0, 0, 0, 0]), ("ff02::2", 0, 0, ifindex))
+s.settimeout(0.1)
+deadline = time.monotonic() + float(sys.argv[3])
+while time.monotonic() < deadline:
+    try:
+        data, peer = s.recvfrom(2048)
+    except TimeoutError:
+        continue
+    if data[0] != 134:
+        continue
+    prefixes, i = [], 16
+    while i + 32 <= len(data) and data[i + 1]:
+        if data[i] == 3 and data[i + 3] & 0x40:
+            prefixes.append(f"{socket.inet_ntop(socket.AF_INET6, data[i + 16:i + 32])}/{data[i + 2]}")
+        i += data[i + 1] * 8
+    source = peer[0].split("%")[0]
+    print(source, struct.unpack("!H", data[6:8])[0], *prefixes, flush=True)
+    if source == sys.argv[1] and sys.argv[2] in prefixes:
+        break
+"""
 
 
 @dataclass
@@ -273,3 +305,78 @@ def test_interface_removed_then_router_deleted(routed: Routed) -> None:
     assert routed.seen_from("a", UPSTREAM, timeout=1) is None
     # The external network has no gateway left on it: it can go.
     lab.call("DELETE", f"/v2.0/networks/{routed.ext['id']}", 204)
+
+
+def eui64(cidr: str, mac: str) -> str:
+    """The SLAAC address a host with ``mac`` forms on the /64 ``cidr`` (RFC 4291 appendix A)."""
+    octets = bytearray(int(x, 16) for x in mac.split(":"))
+    octets[0] ^= 0x02  # the universal/local bit, inverted
+    iid = int.from_bytes(bytes(octets[:3]) + b"\xff\xfe" + bytes(octets[3:]), "big")
+    return str(ipaddress.IPv6Network(cidr).network_address + iid)
+
+
+def test_slaac_instances_route_across_a_router(lab: Lab) -> None:
+    subnets: dict[str, dict[str, Any]] = {}
+    for key, cidr in (("a", "2001:db8:83::/64"), ("b", "2001:db8:84::/64")):
+        net = lab.call("POST", "/v2.0/networks", 201, json={"network": {"name": uniq(f"v6{key}")}})["network"]
+        subnets[key] = lab.call("POST", "/v2.0/subnets", 201, json={"subnet": {
+            "network_id": net["id"], "cidr": cidr, "ip_version": 6, "ipv6_ra_mode": "slaac",
+            "ipv6_address_mode": "slaac"}})["subnet"]
+    rid = lab.call("POST", "/v2.0/routers", 201, json={"router": {"name": uniq("r6")}})["router"]["id"]
+    ifaces = {key: lab.call("PUT", f"/v2.0/routers/{rid}/add_router_interface", 200,
+                            json={"subnet_id": sub["id"]}) for key, sub in subnets.items()}
+    vms: dict[str, tuple[Agent, str]] = {}
+    try:
+        [hosting] = lab.wait("L3 scheduling", lambda: lab.call("GET", f"/v2.0/routers/{rid}/l3-agents")["agents"])
+        l3 = lab.agents[hosting["host"]]
+        for key, agent in (("a", lab.agents["h1"]), ("b", lab.agents["h2"])):  # across hosts, too
+            name = uniq(f"v6{key}")
+            agent.neutrino("instance", "create", "--network", subnets[key]["network_id"], name)
+            vms[key] = (agent, name)
+        addresses = {}
+        for key, (agent, name) in vms.items():
+            port = lab.port(name)
+            [fixed] = port["fixed_ips"]
+            want = fixed["ip_address"]
+            assert want == eui64(subnets[key]["cidr"], port["mac_address"])  # what the port announces: SLAAC
+            addresses[key] = want
+            # The router's qr- link-local address: the default router its advertisements name. While it is
+            # tentative (DAD), the RA daemon answers from the global address, which hosts ignore (RFC 4861
+            # 6.1.2): wait it out, then the router's own advertisement (not only the DHCP server's, whose
+            # router lifetime is 0) names it as a default router and its prefix as autonomous.
+            qr = f"qr-{ifaces[key]['port_id'][:11]}"
+
+            def link_local(qr: str = qr) -> str | None:
+                shown = l3.ns(f"qrouter-{rid}", "ip", "-6", "-o", "addr", "show", "dev", qr, "scope", "link").stdout
+                return None if "tentative" in shown or " inet6 " not in shown else \
+                    shown.split(" inet6 ", 1)[1].split("/", 1)[0]
+
+            router_ll = lab.wait(f"{qr}'s link-local address past DAD", link_local)
+            probe = agent.ns(f"lab-{name}", PY, "-c", RA_PROBE, router_ll, subnets[key]["cidr"], "5").stdout
+            heard = [line.split() for line in probe.splitlines() if line.startswith(f"{router_ll} ")]
+            assert heard and int(heard[-1][1]) > 0 and subnets[key]["cidr"] in heard[-1][2:], probe
+
+            def slaac(agent: Agent = agent, name: str = name, want: str = want, router_ll: str = router_ll) -> bool:
+                got = agent.ns(f"lab-{name}", "ip", "-6", "-o", "addr", "show", "dev", "eth0", "scope", "global")
+                default = agent.ns(f"lab-{name}", "ip", "-6", "route", "show", "default").stdout
+                return f" {want}/64 " in got.stdout and f"via {router_ll} dev eth0 proto ra" in default
+
+            try:
+                lab.wait(f"{name}'s SLAAC address {want} and default route via {router_ll}", slaac, timeout=60)
+            except AssertionError:  # what the instance and the router have
+                print(agent.ns(f"lab-{name}", "ip", "-6", "addr").stdout,
+                      agent.ns(f"lab-{name}", "ip", "-6", "route").stdout,
+                      l3.ns(f"qrouter-{rid}", "ip", "-6", "addr").stdout)
+                raise
+        for key, other in (("a", "b"), ("b", "a")):
+            agent, name = vms[key]
+            assert lab.wait(f"ping6 {key} -> {other} across the router", lambda a=agent, n=name, t=addresses[other]:
+                            a.ns(f"lab-{n}", "ping", "-6", "-c", "1", "-W", "1", t).returncode == 0, timeout=20)
+    finally:
+        for agent, name in vms.values():
+            agent.neutrino("instance", "delete", name, check=False)
+        for sub in subnets.values():
+            lab.call("PUT", f"/v2.0/routers/{rid}/remove_router_interface", json={"subnet_id": sub["id"]})
+        lab.call("DELETE", f"/v2.0/routers/{rid}")
+        for sub in subnets.values():
+            lab.call("DELETE", f"/v2.0/networks/{sub['network_id']}")

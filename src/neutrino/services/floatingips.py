@@ -57,11 +57,7 @@ def _association(conn: Connection, ctx: RequestContext, fip_id: str, network_id:
     subnet_id, ip = chosen[0].subnet_id, chosen[0].ip_address
     if ipaddress.ip_address(ip).version != 4:
         raise _bad(f"Cannot add floating IP to port {port_id} that has no fixed IPv4 addresses")
-    router = conn.execute(
-        select(routers.c.id).join(ports, ports.c.device_id == routers.c.id)
-        .join(ipallocations, ipallocations.c.port_id == ports.c.id)
-        .where(routers.c.gw_network_id == network_id, ports.c.device_owner == DeviceOwner.ROUTER_INTERFACE,
-               ipallocations.c.subnet_id == subnet_id).order_by(routers.c.id)).first()
+    router = _router_between(conn, network_id, subnet_id)
     if router is None:
         raise NotFound(f"External network {network_id} is not reachable from subnet {subnet_id}.  Therefore, "
                        f"cannot associate Port {port_id} with a Floating IP.",
@@ -74,6 +70,23 @@ def _association(conn: Connection, ctx: RequestContext, fip_id: str, network_id:
                        f"already has a floating IP on external network {network_id}.",
                        type="FloatingIPPortAlreadyAssociated")
     return {"port_id": port_id, "fixed_ip_address": ip, "router_id": router.id}
+
+
+def _router_between(conn: Connection, network_id: str, subnet_id: str) -> Any:
+    """The router with a gateway on ``network_id`` and an interface on ``subnet_id``, held (row lock) so
+    that neither goes while the association is made; read again once held (READ COMMITTED: a concurrent
+    removal that committed meanwhile is seen)."""
+    held: set[str] = set()
+    while True:
+        found = conn.execute(
+            select(routers.c.id).join(ports, ports.c.device_id == routers.c.id)
+            .join(ipallocations, ipallocations.c.port_id == ports.c.id)
+            .where(routers.c.gw_network_id == network_id, ports.c.device_owner == DeviceOwner.ROUTER_INTERFACE,
+                   ipallocations.c.subnet_id == subnet_id).order_by(routers.c.id)).first()
+        if found is None or found.id in held:
+            return found
+        lock_row(conn, routers, found.id)
+        held.add(found.id)
 
 
 NO_ASSOCIATION = {"port_id": None, "fixed_ip_address": None, "router_id": None}

@@ -33,6 +33,15 @@ def fetch(conn: Connection, ctx: RequestContext, router_id: str) -> Any:
     return standard.fetch_visible(conn, routers, scope(ctx), "Router", router_id)
 
 
+def fetch_locked(conn: Connection, ctx: RequestContext, router_id: str) -> Any:
+    """The router read under its row lock, for a read-modify-write of it (its routes, its gateway, its
+    interfaces). Lock first, then read: under READ COMMITTED a row read before the lock may be one a
+    concurrent writer is replacing, and what that writer did would be lost. (SQLite: writers are
+    serialized already, ``lock_row`` is a no-op and the read is the latest.)"""
+    lock_row(conn, routers, router_id)
+    return fetch(conn, ctx, router_id)
+
+
 def bad_router(reason: str) -> BadRequest:
     return BadRequest(f"Bad router request: {reason}.", type="BadRequest")
 
@@ -77,9 +86,20 @@ def _gateway_port(conn: Connection, router_id: str) -> Any:
     return found[0] if found else None
 
 
+def check_gateway_policy(ctx: RequestContext, info: dict[str, Any] | None, action: str) -> None:
+    """Neutron's default policy on ``external_gateway_info``: members set its network; only admins give
+    ``enable_snat`` or ``external_fixed_ips`` (any value: the rule applies to the key being there)."""
+    if ctx.is_admin or not info:
+        return
+    for key in ("enable_snat", "external_fixed_ips"):
+        if key in info:
+            raise PolicyNotAuthorized(f"rule:{action}:external_gateway_info:{key}")
+
+
 def _set_gateway(core: Core, conn: Connection, ctx: RequestContext, router: Any, info: dict[str, Any] | None,
                  action: str) -> dict[str, Any]:
     """Replace the router's gateway by ``info`` (None: remove it); returns the router columns to change."""
+    check_gateway_policy(ctx, info, action)
     current = _gateway_port(conn, router.id)
     from neutrino.services import floatingips
     if current is not None and (not info or info.get("network_id") != current.network_id):
@@ -91,11 +111,7 @@ def _set_gateway(core: Core, conn: Connection, ctx: RequestContext, router: Any,
             rows.delete_ports(conn, [current])
         return {"gw_network_id": "", "enable_snat": True}
     enable_snat = info.get("enable_snat", True)
-    if not enable_snat and not ctx.is_admin:
-        raise PolicyNotAuthorized(f"rule:{action}:external_gateway_info:enable_snat")
     fixed = info.get("external_fixed_ips")
-    if fixed and not ctx.is_admin:
-        raise PolicyNotAuthorized(f"rule:{action}:external_gateway_info:external_fixed_ips")
     net = conn.execute(select(networks).where(networks.c.id == info["network_id"])).first()
     if net is None:
         raise NotFound(f"Network {info['network_id']} could not be found.", type="NetworkNotFound")
@@ -152,12 +168,13 @@ def create(core: Core, conn: Connection, ctx: RequestContext, data: dict[str, An
 
 def update(core: Core, conn: Connection, ctx: RequestContext, router_id: str, data: dict[str, Any],
            if_match: str | None) -> None:
-    row = fetch(conn, ctx, router_id)
+    row = fetch_locked(conn, ctx, router_id)
     guard_change(ctx, row.project_id, "update_router", row.revision_number, if_match)
     values = standard.columns_of(data, COLUMNS)
     gateway_changed = False
     if "external_gateway_info" in data:
         info = data["external_gateway_info"]
+        check_gateway_policy(ctx, info, "update_router")  # also when it would change nothing, as Neutron
         same = (info and row.gw_network_id == info.get("network_id") and "external_fixed_ips" not in info
                 and info.get("enable_snat", True) == row.enable_snat) or (not info and not row.gw_network_id)
         if not same:
@@ -173,7 +190,7 @@ def update(core: Core, conn: Connection, ctx: RequestContext, router_id: str, da
 
 
 def delete_(core: Core, conn: Connection, ctx: RequestContext, router_id: str, if_match: str | None) -> None:
-    row = fetch(conn, ctx, router_id)
+    row = fetch_locked(conn, ctx, router_id)  # no interface added meanwhile
     guard_change(ctx, row.project_id, "delete_router", row.revision_number, if_match)
     if _router_ports(conn, router_id, INTERFACE):
         raise InUse(f"Router {router_id} still has ports", type="RouterInUse")
@@ -250,10 +267,9 @@ def _check_overlap(conn: Connection, router_id: str, new_subnets: Sequence[Any])
 
 
 def add_interface(core: Core, conn: Connection, ctx: RequestContext, router_id: str, body: Any) -> dict[str, Any]:
-    router = fetch(conn, ctx, router_id)
+    router = fetch_locked(conn, ctx, router_id)
     guard_change(ctx, router.project_id, "add_router_interface", router.revision_number, None)
     subnet_id, port_id = _body_ids(body)
-    lock_row(conn, routers, router_id)
     if subnet_id is not None:
         sub = subnet_service.fetch(conn, ctx, subnet_id)
         net = net_service.fetch(conn, ctx, sub.network_id)
@@ -305,7 +321,7 @@ def add_interface(core: Core, conn: Connection, ctx: RequestContext, router_id: 
 
 def remove_interface(core: Core, conn: Connection, ctx: RequestContext, router_id: str,
                      body: Any) -> dict[str, Any]:
-    router = fetch(conn, ctx, router_id)
+    router = fetch_locked(conn, ctx, router_id)  # its routes, checked below, as they are now
     guard_change(ctx, router.project_id, "remove_router_interface", router.revision_number, None)
     subnet_id, port_id = _body_ids(body)
     mine = _router_ports(conn, router_id, INTERFACE)
@@ -338,10 +354,10 @@ def remove_interface(core: Core, conn: Connection, ctx: RequestContext, router_i
 
 def change_routes(core: Core, conn: Connection, ctx: RequestContext, router_id: str, body: Any,
                   add: bool) -> None:
-    """add_extraroutes / remove_extraroutes: one atomic change of the router's routes."""
-    router = fetch(conn, ctx, router_id)
+    """add_extraroutes / remove_extraroutes: one atomic change of the router's routes (extraroute-atomic):
+    applied to the routes the router has once this transaction holds it, so concurrent calls all count."""
+    router = fetch_locked(conn, ctx, router_id)
     guard_change(ctx, router.project_id, "update_router", router.revision_number, None)
-    lock_row(conn, routers, router_id)
     current: list[dict[str, str]] = list(router.routes)
     given = body
     wanted = current + [r for r in given if r not in current] if add else [r for r in current if r not in given]
