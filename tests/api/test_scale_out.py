@@ -31,6 +31,7 @@ import sqlalchemy as sa
 
 from neutrino.agent.source import HttpSource
 from neutrino.client import Client, Credentials
+from neutrino.intent import codec
 from neutrino.intent.model import AgentType
 from tests.api.conftest import (
     PG_BIN,
@@ -695,3 +696,56 @@ def test_a_snapshot_fetched_after_a_write_has_it_while_other_hosts_fetch_theirs(
         pool.shutdown()
     for f in busy:
         f.result()
+
+
+def test_a_snapshot_since_a_revision_names_the_untouched_networks_and_merges_to_the_whole(pair: Pair) -> None:
+    """An agent holding a snapshot asks ``since`` its revision (intent/delta.py): the networks no change
+    touched since come back as ids, not pieces, and the agent's merge of the two is what a whole fetch
+    says -- after a port on one of its networks, a port elsewhere, a subnet change, a new member of the
+    default group, a new network of the host and the host's last port on one gone; through either server."""
+    a, b = pair.raw(0), pair.raw(1)
+    host = uniq("hd")
+    nets = {k: network(a) for k in "ABCDE"}
+    subs = {k: ok(a("POST", "/v2.0/subnets", json={"subnet": {
+        "network_id": nets[k], "ip_version": 4, "cidr": f"10.{70 + i}.0.0/24", "enable_dhcp": False}}),
+        201)["subnet"]["id"] for i, k in enumerate("ABCD")}
+    mine = {k: port(a, nets[k], host) for k in "ABC"}
+    grouped = ok(a("POST", "/v2.0/ports", json={"port": {"network_id": nets["C"], "binding:host_id": host}}),
+                 201)["port"]  # the admin project's default group: the snapshot carries it with its members
+    assert grouped["security_groups"]
+    source = source_for(pair)
+
+    def kept(raw: Raw, since: int) -> set[str]:
+        body = ok(raw("GET", "/agent-api/v1/snapshot", params={"host": host, "since": since}))
+        return {k for k, n in nets.items() if n in body.get("kept", ())}
+
+    async def steps() -> None:
+        held = await source.snapshot(host)
+        assert set(held.networks) == {nets[k] for k in "ABC"}
+        writes: list[tuple[str, Callable[[Raw], object], set[str]]] = [
+            ("a port of A elsewhere", lambda r: port(r, nets["A"], uniq("other")), {"B", "C"}),
+            ("a port on a network not the host's", lambda r: port(r, nets["D"], uniq("other")), {"A", "B", "C"}),
+            ("B's subnet changed", lambda r: ok(r("PUT", f"/v2.0/subnets/{subs['B']}", json={
+                "subnet": {"dns_nameservers": ["10.0.0.53"]}})), {"A", "C"}),
+            ("a new member of the default group, elsewhere", lambda r: ok(r("POST", "/v2.0/ports", json={
+                "port": {"network_id": nets["D"], "binding:host_id": uniq("other")}}), 201), {"A", "B", "C"}),
+            ("a new network of the host", lambda r: port(r, nets["E"], host), {"A", "B", "C"}),
+            ("the host's last port on A gone", lambda r: ok(r("DELETE", f"/v2.0/ports/{mine['A']}"), 204),
+             {"B", "C", "E"}),
+        ]
+        for i, (what, write, expected) in enumerate(writes):
+            raw = (a, b)[i % 2]
+            write(raw)
+            assert kept((b, a)[i % 2], held.revision) == expected, what
+            merged = await source.snapshot(host, held)
+            whole = await source.snapshot(host)
+            assert merged.revision == whole.revision > held.revision, what
+            assert codec.encode(merged) == codec.encode(whole), what
+            held = merged
+        assert nets["A"] not in held.networks and held.security_groups
+        members = next(iter(g for g in held.security_groups.values() if g.members)).members
+        assert len(members) >= 2  # the default group's members: this host's port and the one elsewhere
+        await source.aclose()
+
+    asyncio.run(steps())
+    assert source.kept == 2 + 3 + 2 + 3 + 3 + 3  # what was kept came from the held snapshot, not the wire

@@ -8,6 +8,7 @@ many events and timers fire meanwhile.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import errno
 import os
 import subprocess
@@ -30,6 +31,7 @@ class FakeSource:
     def __init__(self) -> None:
         self.revision = 1
         self.snapshots = 0
+        self.bases: list[int | None] = []  # the revision of the snapshot each fetch named as held
         self.timeouts: list[float] = []
         self._moved = asyncio.Event()
 
@@ -51,8 +53,9 @@ class FakeSource:
                 break
         return self.revision
 
-    async def snapshot(self, host: str) -> Snapshot:
+    async def snapshot(self, host: str, base: Snapshot | None = None) -> Snapshot:
         self.snapshots += 1
+        self.bases.append(base.revision if base is not None else None)
         return Snapshot(revision=self.revision)
 
     async def port_status(self, status: PortStatus) -> int:
@@ -172,6 +175,24 @@ def test_new_intent_is_fetched_at_once(tmp_path: Path) -> None:
 
     asyncio.run(running(agent, body))
     assert source.snapshots == 2 and agent.reasons["intent"] == 1
+    assert source.bases == [None, 1]  # the first whole; new intent asked as a change to the one held
+
+
+def test_a_fetch_a_heartbeat_after_the_last_whole_one_is_whole_again(tmp_path: Path) -> None:
+    source, driver = FakeSource(), FakeDriver()
+    agent = Agent(source, dataclasses.replace(settings(tmp_path, 0.1), heartbeat_seconds=0.4), [driver])
+
+    async def body() -> None:
+        await until("the first pass", lambda: agent.passes == 1)
+        source.move()
+        await until("a pass at revision 2", lambda: agent.revision == 2)
+        await until("the heartbeat's fetch", lambda: source.snapshots >= 3)
+        source.move()
+        await until("a pass at revision 3", lambda: agent.revision == 3)
+
+    asyncio.run(running(agent, body))
+    assert source.bases[:2] == [None, 1] and None in source.bases[2:]
+    assert source.bases[-1] in (None, 2)
 
 
 def test_only_a_pass_for_new_intent_with_nothing_heard_from_the_kernel_is_quiet(tmp_path: Path) -> None:

@@ -140,6 +140,7 @@ class Agent:
         self.snapshot: Snapshot | None = None  # the intent of the last pass, reused until the feed moves
         self.feed_revision = -1  # the newest revision the change feed announced
         self._fetched = 0.0  # when self.snapshot came from the server (time.monotonic)
+        self._whole_at = 0.0  # when the server last sent it whole
         self._pass_end = 0.0
         self._event_at: float | None = None  # first kernel event not covered by a pass yet
         self._tokens, self._tokens_at = float(EVENT_BURST), 0.0  # the event-pass bucket, as of _tokens_at
@@ -210,8 +211,15 @@ class Agent:
         """One pass. ``fetch``: ask the server for the snapshot (else reuse the last one: the intent has not
         moved, only the kernel may have)."""
         if fetch or self.snapshot is None:
-            self.snapshot = await self.source.snapshot(self.settings.host)
-            self._fetched = time.monotonic()
+            now = time.monotonic()
+            # New intent between two heartbeats: the networks nothing touched come from the snapshot held
+            # (intent/delta.py); the first, a retry's and at least every heartbeat's are whole.
+            whole = (self.snapshot is None or reason in ("start", "retry")
+                     or now - self._whole_at >= self.settings.heartbeat_seconds)
+            self.snapshot = await self.source.snapshot(self.settings.host, None if whole else self.snapshot)
+            self._fetched = now
+            if whole:
+                self._whole_at = now
         snap = self.snapshot
         quiet = self._event_at is None
         if self._consume_all():  # what happened until now, this pass observes

@@ -14,8 +14,8 @@ from typing import Any
 
 from neutrino.client import Client
 from neutrino.errors import ClientError
-from neutrino.intent import codec
-from neutrino.intent.model import Snapshot
+from neutrino.intent import codec, delta
+from neutrino.intent.model import NetworkId, Snapshot
 from neutrino.intent.report import AgentReport, PortStatus
 
 log = logging.getLogger("neutrino.agent")
@@ -31,6 +31,7 @@ class HttpSource:
         self.clients = list(clients)
         self.current = 0
         self.failovers = 0
+        self.kept = 0  # networks taken from the snapshot held instead of the wire (intent/delta.py)
 
     @property
     def client(self) -> Client:
@@ -68,8 +69,19 @@ class HttpSource:
         data = await self._json("GET", "/agent-api/v1/wait", params=params, timeout=timeout + WAIT_MARGIN)
         return int(data["revision"])
 
-    async def snapshot(self, host: str) -> Snapshot:
-        return codec.decode(Snapshot, await self._json("GET", "/agent-api/v1/snapshot", params={"host": host}))
+    async def snapshot(self, host: str, base: Snapshot | None = None) -> Snapshot:
+        path = "/agent-api/v1/snapshot"
+        if base is None:
+            return codec.decode(Snapshot, await self._json("GET", path, params={"host": host}))
+        data = await self._json("GET", path, params={"host": host, "since": base.revision})
+        kept = [NetworkId(n) for n in data.pop("kept", ())]
+        merged = delta.merge(base, codec.decode(Snapshot, data), kept, host)
+        if merged is None:
+            log.info("snapshot at revision %s: cannot keep %d networks from mine; fetching all of it",
+                     data.get("revision"), len(kept))
+            return await self.snapshot(host)
+        self.kept += len(kept)
+        return merged
 
     async def port_status(self, status: PortStatus) -> int:
         return int((await self._json("POST", "/agent-api/v1/port-status", json=codec.encode(status)))["changed"])

@@ -2,7 +2,8 @@
 (``/agent-api/v1``); ``/v2.0/agents`` itself is a plain collection (``resources.AGENT``).
 
 The agent channel is what a remote ``neutrino agent`` speaks: report state (register + heartbeat), wait
-for the feed to pass a revision, fetch the full snapshot for its host, report port status. It is
+for the feed to pass a revision, fetch the snapshot for its host (whole, or ``since`` the revision it
+holds: intent/delta.py), report port status. It is
 admin-only; ``neutrino up`` runs its agent in-process on the same ``sync.channel.Channel``.
 """
 
@@ -18,7 +19,7 @@ from neutrino.api import validate as v
 from neutrino.api.http import id_in_body, json_response
 from neutrino.api.state import api_of
 from neutrino.errors import BadRequest
-from neutrino.intent import codec
+from neutrino.intent import codec, delta
 from neutrino.intent.report import AgentReport, PortStatus
 from neutrino.intent.source import MAX_WAIT_SECONDS
 from neutrino.services import dhcp, standard
@@ -109,7 +110,14 @@ async def snapshot(request: Request) -> Response:
     host = request.query_params.get("host", "")
     if not host:
         raise BadRequest("host is required", type="HTTPBadRequest")
-    return json_response(codec.encode(await api.channel.snapshot(host)))
+    if "since" not in request.query_params:
+        return json_response(codec.encode(await api.channel.snapshot(host)))
+    # An agent holding the snapshot of revision ``since``: the networks it keeps are named, not sent.
+    snap, kept = await api.channel.delta(host, _number(request, "since", int, "0", 0, 1 << 62))
+    body = codec.encode(delta.without(snap, kept))
+    if kept:
+        body["kept"] = sorted(kept)
+    return json_response(body)
 
 
 async def wait(request: Request) -> Response:

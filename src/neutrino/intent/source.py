@@ -22,8 +22,9 @@ class IntentSource(Protocol):
         soon as there is one; ``after`` when ``timeout`` runs out first."""
         ...
 
-    async def snapshot(self, host: str) -> Snapshot:
-        """The complete intent of ``host``."""
+    async def snapshot(self, host: str, base: Snapshot | None = None) -> Snapshot:
+        """The complete intent of ``host``. ``base``: the snapshot the caller holds, which a remote source
+        may take unchanged networks from (intent/delta.py) instead of fetching them."""
         ...
 
     async def port_status(self, status: PortStatus) -> int:

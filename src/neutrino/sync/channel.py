@@ -12,7 +12,7 @@ from typing import Any, TypeVar
 
 from sqlalchemy import Connection
 
-from neutrino.intent.model import AgentType, Snapshot
+from neutrino.intent.model import AgentType, NetworkId, Snapshot
 from neutrino.intent.report import AgentReport, PortStatus
 from neutrino.services import agents, dhcp, floatingips, l3, ports
 from neutrino.services.core import Core
@@ -64,9 +64,21 @@ class Channel:
     async def wait(self, after: int, timeout: float, host: str = "") -> int:
         return await self.feed.wait(after, timeout, host or None)
 
-    async def snapshot(self, host: str) -> Snapshot:
+    async def snapshot(self, host: str, base: Snapshot | None = None) -> Snapshot:
+        """The host's snapshot (``base`` is for remote agents' deltas: in-process, nothing is copied)."""
         down_after = self.core.cfg.agent.agent_down_seconds
         found: Snapshot = await self._read(lambda conn: snapshot.build(conn, host, down_after, self.memo))
+        return found
+
+    async def delta(self, host: str, since: int) -> tuple[Snapshot, frozenset[NetworkId]]:
+        """The host's snapshot and which of its networks an agent holding revision ``since`` keeps
+        (intent/delta.py)."""
+        down_after = self.core.cfg.agent.agent_down_seconds
+
+        def read(conn: Connection) -> tuple[Snapshot, frozenset[NetworkId]]:
+            snap = snapshot.build(conn, host, down_after, self.memo)
+            return snap, snapshot.unchanged(conn, snap, host, since)
+        found: tuple[Snapshot, frozenset[NetworkId]] = await self._read(read)
         return found
 
     async def port_status(self, status: PortStatus) -> int:

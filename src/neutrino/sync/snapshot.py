@@ -38,6 +38,7 @@ from neutrino.db.schema import (
     securitygroups,
     subnets,
 )
+from neutrino.intent import delta
 from neutrino.intent.model import (
     ROUTER_OWNERS,
     AddressPair,
@@ -128,6 +129,18 @@ def touched_networks(conn: Connection, after: int, upto: int) -> set[str] | None
         elif resource in ("port", "subnet"):
             return None
     return out
+
+
+def unchanged(conn: Connection, snap: Snapshot, host: str, since: int) -> frozenset[NetworkId]:
+    """The networks of ``snap`` an agent holding the snapshot of revision ``since`` may keep
+    (intent/delta.py): port networks no change in (since, snap.revision] touched; none when the feed
+    cannot tell."""
+    if since > snap.revision:
+        return frozenset()
+    touched = touched_networks(conn, since, snap.revision)
+    if touched is None:
+        return frozenset()
+    return frozenset(n for n in delta.port_networks(snap, host) if n in snap.networks and n not in touched)
 
 
 class Memo:
