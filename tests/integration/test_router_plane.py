@@ -97,6 +97,9 @@ SCRIPT = textwrap.dedent('''
         first = Pipeline(settings).reconcile(snapshot())
         out["first_errors"] = list(first.errors)
         out["wired"] = sorted(first.wired)
+        # Right after the pass: the qr- devices' link-local addresses are usable at once (no DAD in our
+        # namespaces), so the RA daemon's first advertisements come from them.
+        out["link_local"] = sh("ip", "-6", "-n", qr, "-o", "addr", "show", "scope", "link").stdout
         # Before any traffic: the upstream (arp_accept) learnt the floating IP from the router's announcement.
         out["announced"] = sh("ip", "-n", up, "neigh", "show", "203.0.113.20").stdout
 
@@ -213,6 +216,7 @@ def test_router_on_a_real_kernel(tmp_path: Path) -> None:
     assert out["fip_inbound"], out
     assert "192.168.77.0/24 via 10.72.0.254" in out["routes"] and "default via 203.0.113.1" in out["routes"]
     assert "via fe80::" in out["ra_route"] and "2001:db8:71:" in out["ra_addr"], out  # router advertisements
+    assert out["link_local"].count(" qr-") == 2 and "tentative" not in out["link_local"], out["link_local"]
     assert out["forwarding"] == "1"
     assert "dnat to 10.71.0.5" in out["table"] and "snat to 203.0.113.10" in out["table"]
     assert out["restart_changes"] == 0 and out["restart_errors"] == [], out

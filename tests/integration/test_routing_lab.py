@@ -340,10 +340,11 @@ def test_slaac_instances_route_across_a_router(lab: Lab) -> None:
             want = fixed["ip_address"]
             assert want == eui64(subnets[key]["cidr"], port["mac_address"])  # what the port announces: SLAAC
             addresses[key] = want
-            # The router's qr- link-local address: the default router its advertisements name. While it is
-            # tentative (DAD), the RA daemon answers from the global address, which hosts ignore (RFC 4861
-            # 6.1.2): wait it out, then the router's own advertisement (not only the DHCP server's, whose
-            # router lifetime is 0) names it as a default router and its prefix as autonomous.
+            # The router's qr- link-local address: the default router its advertisements name (never
+            # tentative: no DAD in our namespaces, else the RA daemon would answer from the global address
+            # meanwhile, which hosts ignore, RFC 4861 6.1.2). The router's own advertisement (not only the
+            # DHCP server's, whose router lifetime is 0) names it as a default router and its prefix as
+            # autonomous.
             qr = f"qr-{ifaces[key]['port_id'][:11]}"
 
             def link_local(qr: str = qr) -> str | None:
@@ -351,7 +352,7 @@ def test_slaac_instances_route_across_a_router(lab: Lab) -> None:
                 return None if "tentative" in shown or " inet6 " not in shown else \
                     shown.split(" inet6 ", 1)[1].split("/", 1)[0]
 
-            router_ll = lab.wait(f"{qr}'s link-local address past DAD", link_local)
+            router_ll = lab.wait(f"{qr}'s link-local address", link_local)
             probe = agent.ns(f"lab-{name}", PY, "-c", RA_PROBE, router_ll, subnets[key]["cidr"], "5").stdout
             heard = [line.split() for line in probe.splitlines() if line.startswith(f"{router_ll} ")]
             assert heard and int(heard[-1][1]) > 0 and subnets[key]["cidr"] in heard[-1][2:], probe

@@ -22,8 +22,11 @@ from neutrino.compile.state import HostState, Interface, PortLinkSpec
 from neutrino.dataplane import netlink as nl
 from neutrino.dataplane import ownership as own
 from neutrino.dataplane.plane import Made, PlaneResult
+from neutrino.dataplane.sysctls import ProcSys
 from neutrino.errors import KernelError
 from neutrino.intent.model import PortId
+
+NO_DAD = "net.ipv6.conf.default.accept_dad"  # devices moved into a namespace of ours: no DAD
 
 FLOOD_MAC = "00:00:00:00:00:00"
 
@@ -232,6 +235,10 @@ def _apply_one(op: Op, sock: Any) -> None:
     match op:
         case NetnsAdd(name):
             nl.create_namespace(name)
+            # Our namespaces' addresses come from IPAM: no duplicate address detection, so a router's
+            # link-local address is usable the moment its qr- device is up (while tentative, its RA
+            # daemon would answer from a global address, which hosts must ignore).
+            ProcSys().write(name, NO_DAD, "0")
         case NetnsDel(name):
             nl.remove_namespace(name)
         case BridgeAdd(name, mtu):
