@@ -20,7 +20,7 @@ import ipaddress
 from dataclasses import dataclass
 
 from neutrino.compile.daemons import DIR, DaemonSpec
-from neutrino.intent.model import DeviceOwner, NetworkId, PortId, Snapshot, SubnetSpec
+from neutrino.intent.model import DeviceOwner, NetworkId, PortId, PortSpec, Snapshot, SubnetSpec
 
 LEASE_SECONDS = 86400
 
@@ -112,23 +112,30 @@ def _inert(*texts: str) -> bool:
 
 def compile_dhcp(snap: Snapshot, host: str) -> tuple[DhcpServerSpec, ...]:
     out = []
+    ports_of: dict[str, list[PortSpec]] = {n: [] for n in snap.dhcp_networks}  # each network's, by id
+    for p in sorted(snap.ports.values(), key=lambda p: p.id):
+        if p.network_id in ports_of:
+            ports_of[p.network_id].append(p)
+    subnets_of: dict[str, list[SubnetSpec]] = {n: [] for n in snap.dhcp_networks}
+    for s in sorted(snap.subnets.values(), key=lambda s: s.id):
+        if s.network_id in subnets_of:
+            subnets_of[s.network_id].append(s)
     for net_id in sorted(snap.dhcp_networks):
         net = snap.networks.get(net_id)
-        dhcp_port = next((p for p in sorted(snap.ports.values(), key=lambda p: p.id)
-                          if p.network_id == net_id and p.device_owner == DeviceOwner.DHCP and p.host == host), None)
+        ports = ports_of[net_id]
+        dhcp_port = next((p for p in ports if p.device_owner == DeviceOwner.DHCP and p.host == host), None)
         if net is None or dhcp_port is None:
             continue
-        subs = sorted((s for s in snap.subnets.values() if s.network_id == net_id and s.enable_dhcp
-                       and (s.cidr.version == 4 or net.mtu >= 1280)),  # no IPv6 below 1280 (RFC 8200)
-                      key=lambda s: s.id)
+        subs = [s for s in subnets_of[net_id]
+                if s.enable_dhcp and (s.cidr.version == 4 or net.mtu >= 1280)]  # no IPv6 below 1280 (RFC 8200)
         if not subs:
             continue
         by_id = {s.id: s for s in subs}
         hosts, options = [], []
         for s in subs:
             options += _subnet_options(s, net.mtu)
-        for p in sorted(snap.ports.values(), key=lambda p: p.id):
-            if p.network_id != net_id or p.id == dhcp_port.id or not p.admin_state_up:
+        for p in ports:
+            if p.id == dhcp_port.id or not p.admin_state_up:
                 continue
             ptag = port_tag(p.id) if p.extra_dhcp_opts else None
             for f in p.fixed_ips:
