@@ -388,6 +388,63 @@ def test_port_security_and_groups(alice: Member) -> None:
     assert m("DELETE", f"/v2.0/security-groups/{web['id']}").status_code == 204
 
 
+def test_port_refuses_stateful_and_stateless_groups_together(alice: Member, db: Database) -> None:
+    """As Neutron: a port's groups are all stateful or all stateless. A create or an update that would mix
+    them is a 409 SecurityGroupConflict that changes nothing (no port, no new revision, no feed entry); a
+    group's ``stateful`` cannot change while a port is in it (which would mix them too)."""
+    m = alice.raw
+    net_id, _ = network(m)
+    [default] = defaults(m)
+    sf, sl, sl2 = group(m), group(m, stateful=False), group(m, stateful=False)
+    mixed = "Cannot apply both stateful and stateless security groups on the same port at the same time."
+
+    def last_seq() -> int:
+        with db.read() as conn:
+            return int(conn.execute(select(func.max(changes.c.seq))).scalar_one())
+
+    def ports_on_net() -> list[str]:
+        return sorted(p["id"] for p in m("GET", "/v2.0/ports", params={"network_id": net_id}).json()["ports"])
+
+    before, seq = ports_on_net(), last_seq()
+    for groups in ([sf["id"], sl["id"]], [sl["id"], default["id"], sl2["id"]]):
+        err = error(m("POST", "/v2.0/ports", json={"port": {"network_id": net_id, "security_groups": groups}}),
+                    409, "SecurityGroupConflict")
+        assert mixed in err["message"], err
+    assert ports_on_net() == before and last_seq() == seq
+    # All stateless, or all stateful (the default group is), is fine.
+    stateless = port(m, net_id, security_groups=[sl["id"], sl2["id"]])
+    stateful = port(m, net_id)
+    assert stateful["security_groups"] == [default["id"]]
+    both_stateful = port(m, net_id, security_groups=[sf["id"], default["id"]])
+    # Updates that would mix, either way round: refused, the port as it was.
+    seq = last_seq()
+    for p, groups in ((stateful, [default["id"], sl["id"]]), (stateless, [sl["id"], sf["id"]]),
+                      (both_stateful, [sl2["id"]] + both_stateful["security_groups"])):
+        err = error(m("PUT", f"/v2.0/ports/{p['id']}", json={"port": {"security_groups": groups, "name": "x"}}),
+                    409, "SecurityGroupConflict")
+        assert mixed in err["message"], err
+        now = m("GET", f"/v2.0/ports/{p['id']}").json()["port"]
+        assert (now["security_groups"], now["revision_number"], now["name"]) == (
+            p["security_groups"], p["revision_number"], p["name"])
+    assert last_seq() == seq
+    # Switching a port over entirely is an ordinary update.
+    moved = m("PUT", f"/v2.0/ports/{stateful['id']}", json={"port": {"security_groups": [sl2["id"]]}})
+    assert moved.status_code == 200 and moved.json()["port"]["security_groups"] == [sl2["id"]]
+    # A group in use keeps its statefulness (flipping it would mix the groups of its ports); unused, it may.
+    seq = last_seq()
+    error(m("PUT", f"/v2.0/security-groups/{sl['id']}", json={"security_group": {"stateful": True}}), 409,
+          "SecurityGroupInUse")
+    again = m("GET", f"/v2.0/security-groups/{sl['id']}").json()["security_group"]
+    assert (again["stateful"], again["revision_number"]) == (False, sl["revision_number"]) and last_seq() == seq
+    assert m("DELETE", f"/v2.0/ports/{stateless['id']}").status_code == 204
+    flipped = m("PUT", f"/v2.0/security-groups/{sl['id']}", json={"security_group": {"stateful": True}})
+    assert flipped.status_code == 200 and flipped.json()["security_group"]["stateful"] is True
+    for p in (stateful, both_stateful):
+        assert m("DELETE", f"/v2.0/ports/{p['id']}").status_code == 204
+    for g in (sf, sl, sl2):
+        assert m("DELETE", f"/v2.0/security-groups/{g['id']}").status_code == 204
+
+
 def test_allowed_address_pairs(alice: Member) -> None:
     m = alice.raw
     net_id, _ = network(m)
@@ -624,7 +681,7 @@ def test_snapshot_carries_groups_rules_members_and_pairs(alice: Member, raw: Raw
     a1 = port(m, net4, security_groups=[app["id"]],
               allowed_address_pairs=[{"ip_address": "10.251.0.1"}, {"ip_address": "10.251.0.1/32",
                                                                     "mac_address": "fa:16:3e:00:00:01"}])
-    a2 = port(m, net6, security_groups=[app["id"], web["id"]])
+    a2 = port(m, net6, security_groups=[web["id"]])  # not app too: stateful and stateless do not mix
     off = port(m, net4, port_security_enabled=False)
     for p, host in ((w, here), (a1, there), (a2, there), (off, here)):
         bind(raw, p["id"], host)
@@ -651,7 +708,7 @@ def test_snapshot_carries_groups_rules_members_and_pairs(alice: Member, raw: Raw
     # Members: every member port's addresses and pairs, on any host, sorted (IPv4 first), no repeats.
     a1_ip = a1["fixed_ips"][0]["ip_address"]
     a2_ip = a2["fixed_ips"][0]["ip_address"]
-    assert groups[app["id"]]["members"] == [f"{a1_ip}/32", "10.251.0.1/32", f"{a2_ip}/128"]
+    assert groups[app["id"]]["members"] == [f"{a1_ip}/32", "10.251.0.1/32"]
     w_ip = w["fixed_ips"][0]["ip_address"]
     expected = sorted([ipaddress.ip_network(x) for x in (f"{w_ip}/32", "10.250.0.0/24", "10.250.0.9/32")],
                       key=lambda n: (n.version, n.network_address, n.prefixlen))
@@ -678,7 +735,7 @@ def test_snapshot_carries_groups_rules_members_and_pairs(alice: Member, raw: Raw
     assert {h for r, g, _, h in got if r == "security_group" and g == app["id"]} == {here, there}
     assert snapshot(raw, here)["revision"] > seq
     seq = last_seq()
-    bind(raw, a1["id"], "")  # a member leaves no host: app is still on `there` through a2
+    bind(raw, a1["id"], "")  # its last member leaves no host: app is still on `there`, named by a2's web
     m("PUT", f"/v2.0/ports/{a1['id']}", json={"port": {"security_groups": [unused["id"]]}})
     got = entries_since(seq)
     assert {h for r, g, _, h in got if r == "security_group" and g == app["id"]} == {here, there}

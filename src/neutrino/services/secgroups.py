@@ -24,7 +24,7 @@ from neutrino.db.schema import (
     securitygrouprules,
     securitygroups,
 )
-from neutrino.errors import InUse, NotFound
+from neutrino.errors import Conflict, InUse, NotFound
 from neutrino.intent.model import NETWORK_OWNER_PREFIX
 from neutrino.services import quotas, standard
 from neutrino.services.core import Core, guard_change, require_writer
@@ -175,7 +175,8 @@ def update(core: Core, conn: Connection, ctx: RequestContext, group_id: str, dat
             raise InUse("Updating default security group not allowed.", type="SecurityGroupCannotUpdateDefault")
         _name_not_default(values)
     if "stateful" in values and _in_use(conn, group_id):
-        # Flipping conntrack under live ports would drop or let through their established flows.
+        # Flipping conntrack under live ports would drop or let through their established flows (and
+        # could leave a port in stateful and stateless groups at once, which ports refuse).
         raise InUse(f"Security Group {group_id} in use: cannot change 'stateful' of a group with ports.",
                     type="SecurityGroupInUse")
     if not values:
@@ -230,15 +231,19 @@ def trusted(device_owner: str) -> bool:
 def check_for_port(conn: Connection, project_id: str, wanted: Sequence[str]) -> list[str]:
     """The groups a port of ``project_id`` asks for, sorted: each must exist and be that project's (an
     admin cannot put a port into another project's group either: membership is what other projects'
-    rules would then let in). 404 SecurityGroupNotFound naming the others."""
+    rules would then let in), and all of them stateful or all stateless. 404 SecurityGroupNotFound
+    naming the others; 409 SecurityGroupConflict for a mix."""
     ids = sorted(set(wanted))
     if not ids:
         return []
-    found = {r[0] for r in conn.execute(select(securitygroups.c.id).where(
-        securitygroups.c.id.in_(ids), securitygroups.c.project_id == project_id))}
+    found = dict(conn.execute(select(securitygroups.c.id, securitygroups.c.stateful).where(
+        securitygroups.c.id.in_(ids), securitygroups.c.project_id == project_id)).tuples().all())
     missing = [g for g in ids if g not in found]
     if missing:
         raise not_found(", ".join(missing))
+    if len(set(found.values())) > 1:  # a port is filtered with conntrack or without it, not both
+        raise Conflict("Error Cannot apply both stateful and stateless security groups on the same port at the "
+                       "same time. while attempting the operation.", type="SecurityGroupConflict")
     return ids
 
 
