@@ -149,14 +149,19 @@ def test_anti_spoofing_binds_addresses_to_macs() -> None:
     assert [e for e in elements(bridge, "macs") if e.startswith(tap)] == [
         f"{tap} . fa:16:3e:00:00:01", f"{tap} . fa:16:3e:aa:bb:cc"]  # its own MAC and a pair's
     assert {e for e in elements(bridge, "ipv4") if e.startswith(tap)} == {
-        f"{tap} . fa:16:3e:00:00:01 . 10.0.0.11", f"{tap} . fa:16:3e:00:00:01 . 10.0.0.100",
+        f"{tap} . fa:16:3e:00:00:01 . 10.0.0.11", f"{tap} . fa:16:3e:00:00:01 . 10.0.0.100"}
+    assert {e for e in elements(bridge, "ipv4-nets") if e.startswith(tap)} == {
         f"{tap} . fa:16:3e:aa:bb:cc . 10.0.1.0/28"}                 # the pair's CIDR only with the pair's MAC
     assert {e for e in elements(bridge, "ipv6") if e.startswith(tap)} == {
         f"{tap} . fa:16:3e:00:00:01 . 2001:db8::11", f"{tap} . fa:16:3e:00:00:01 . fe80::f816:3eff:fe00:1",
         f"{tap} . fa:16:3e:aa:bb:cc . fe80::f816:3eff:feaa:bbcc"}   # a link-local address per MAC
     assert f"{tap} . 0x20010db8000000000000000000000011" in elements(bridge, "nd-targets")
     ipv4 = chain(bridge, "from-port-ipv4")
-    assert ipv4.index("udp sport 67 drop") < ipv4.index("iifname . ether saddr . ip saddr @ipv4 accept")
+    assert ipv4.index("udp sport 67 drop") < ipv4.index("iifname . ether saddr . ip saddr @ipv4 accept") \
+        < ipv4.index("iifname . ether saddr . ip saddr @ipv4-nets accept")  # the exact set first (hash)
+    declared = {st.name: st.declaration for st in bridge.sets}
+    assert "flags interval" not in declared["ipv4"] + declared["ipv6"]
+    assert "flags interval" in declared["ipv4-nets"] and "flags interval" in declared["ipv6-nets"]
     assert chain(bridge, "from-port-ipv6")[0] == "icmpv6 type nd-router-advert drop"
     assert chain(bridge, "prerouting")[-1] == "drop"  # anything but ARP, IPv4 and IPv6 from a filtered tap
 
@@ -168,8 +173,10 @@ def test_overlapping_addresses_are_merged_for_interval_sets() -> None:
     web = dataclasses.replace(snap.security_groups[WEB], members=(net("10.0.0.0/24"), net("10.0.0.5/32")))
     snap = dataclasses.replace(snap, ports={**snap.ports, P1: p1}, security_groups={**snap.security_groups, WEB: web})
     t = tables(snap)
-    assert [e for e in elements(t["bridge"], "ipv4") if "tapp1" in e] == [
+    assert [e for e in elements(t["bridge"], "ipv4-nets") if "tapp1" in e] == [
         '"tapp1000000-00" . fa:16:3e:00:00:01 . 10.0.0.0/24']
+    assert [e for e in elements(t["bridge"], "ipv4") if "tapp1" in e] == [  # its own address, exact
+        '"tapp1000000-00" . fa:16:3e:00:00:01 . 10.0.0.11']
     assert elements(t["inet"], "sg-aaaaaaaa-0000-0000-0000-000000000001-ipv4") == ("10.0.0.0/24",)
 
 
