@@ -10,6 +10,7 @@ import random
 
 import pytest
 
+from neutrino.compile import secgroups
 from neutrino.compile.l2 import compile_host
 from neutrino.compile.nft import NftChain, NftSet, NftTable, render_sync, render_update, structured
 from neutrino.compile.secgroups import compile_secgroups, link_local, render_rule
@@ -178,6 +179,23 @@ def test_overlapping_addresses_are_merged_for_interval_sets() -> None:
     assert [e for e in elements(t["bridge"], "ipv4") if "tapp1" in e] == [  # its own address, exact
         '"tapp1000000-00" . fa:16:3e:00:00:01 . 10.0.0.11']
     assert elements(t["inet"], "sg-aaaaaaaa-0000-0000-0000-000000000001-ipv4") == ("10.0.0.0/24",)
+
+
+def test_a_big_groups_members_changing_keeps_only_its_latest_sets() -> None:
+    """Members change far more often than rules: the group's chains are not compiled again, and only the
+    latest version of its remote sets is held (an agent compiling after every join of a 5,000-member
+    default group must not hold every old set)."""
+    snap = snapshot()
+    tables(snap)
+    rule_compiles = secgroups._group.cache_info().misses
+    old_members = snap.security_groups[WEB].members
+    for i in range(1, 6):
+        web = dataclasses.replace(snap.security_groups[WEB], members=(*old_members, net(f"10.9.0.{i}/32")))
+        t = tables(dataclasses.replace(snap, security_groups={**snap.security_groups, WEB: web}))
+        assert f"10.9.0.{i}" in elements(t["inet"], "sg-aaaaaaaa-0000-0000-0000-000000000001-ipv4")
+    assert secgroups._group.cache_info().misses == rule_compiles
+    held = secgroups._REMOTE[WEB]
+    assert held[0] == web.members and net("10.9.0.4/32") not in held[0]
 
 
 @pytest.mark.parametrize(("spec", "rendered"), [

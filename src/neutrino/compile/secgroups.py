@@ -55,7 +55,6 @@ from neutrino.intent.model import (
     PortSpec,
     SecurityGroupId,
     SecurityGroupRuleSpec,
-    SecurityGroupSpec,
     Snapshot,
 )
 
@@ -343,30 +342,45 @@ class _Group:
     problems: tuple[str, ...]
 
 
-@functools.lru_cache(maxsize=65536)
-def _group(group: SecurityGroupSpec) -> _Group:
-    """A group's two chains (its rules, each an accept), compiled once per SecurityGroupSpec."""
+@functools.lru_cache(maxsize=4096)
+def _group(group_id: SecurityGroupId, group_rules: tuple[SecurityGroupRuleSpec, ...]) -> _Group:
+    """A group's two chains (its rules, each an accept), compiled once per set of rules. Not keyed by the
+    whole spec: its members (thousands in a default group) change far more often than its rules, and
+    each version held as a key would hold all of them."""
     rules: dict[Direction, list[str]] = {Direction.INGRESS: [], Direction.EGRESS: []}
     problems, remotes = [], set()
-    for rule in sorted(group.rules, key=lambda r: r.id):
+    for rule in sorted(group_rules, key=lambda r: r.id):
         why = _inert(rule)
         if why is not None:
-            problems.append(f"security group {group.id} rule {rule.id}: {why}, ignored")
+            problems.append(f"security group {group_id} rule {rule.id}: {why}, ignored")
             continue
         rules[rule.direction].append(render_rule(rule))
         if rule.remote_group_id is not None:
             remotes.add(rule.remote_group_id)
     # Rules that render the same are one rule (the API refuses duplicates; ids differ on identical rules).
-    name = f"sg-{token(group.id)}"
+    name = f"sg-{token(group_id)}"
     chains = (NftChain(f"{name}-ingress", tuple(dict.fromkeys(rules[Direction.INGRESS]))),
               NftChain(f"{name}-egress", tuple(dict.fromkeys(rules[Direction.EGRESS]))))
     return _Group(chains, tuple(sorted(remotes)), tuple(problems))
 
 
-@functools.lru_cache(maxsize=65536)
+# The remote sets of each group's latest members: a member joining makes a new version, and a cache of
+# every version (an LRU) would hold thousands of old addresses per change of a big group.
+_REMOTE: dict[SecurityGroupId, tuple[tuple[IPNetwork, ...], tuple[NftSet, NftSet]]] = {}
+REMOTE_GROUPS_KEPT = 4096
+
+
 def _remote_sets(group: SecurityGroupId, members: tuple[IPNetwork, ...]) -> tuple[NftSet, NftSet]:
-    return tuple(NftSet(remote_set(group, v), (f"type ipv{v}_addr", "flags interval"),  # type: ignore[return-value]
-                        tuple(_addr(n) for n in _collapsed(members, v))) for v in (4, 6))
+    held = _REMOTE.get(group)
+    if held is not None and (held[0] is members or held[0] == members):
+        return held[1]
+    made: tuple[NftSet, NftSet] = tuple(  # type: ignore[assignment]
+        NftSet(remote_set(group, v), (f"type ipv{v}_addr", "flags interval"),
+               tuple(_addr(n) for n in _collapsed(members, v))) for v in (4, 6))
+    if len(_REMOTE) >= REMOTE_GROUPS_KEPT:
+        _REMOTE.clear()
+    _REMOTE[group] = (members, made)
+    return made
 
 
 # The rules every filtered port has before its groups' (shared chains): for stateful ports replies of
@@ -399,7 +413,7 @@ def _inet_table(snap: Snapshot, ports: list[_Port], marks: dict[str, int], ids: 
         spec = snap.security_groups.get(g)
         if spec is None:
             problems.append(f"security group {g} is not in the snapshot: its ports allow nothing through it")
-        compiled[g] = _group(spec or SecurityGroupSpec(g))
+        compiled[g] = _group(g, spec.rules if spec is not None else ())
         problems += compiled[g].problems
     remotes = sorted({r for c in compiled.values() for r in c.remotes})
     port_chains: list[NftChain] = []
