@@ -232,6 +232,9 @@ def test_a_process_is_known_by_pid_and_start_time() -> None:
     child = subprocess.Popen(["sleep", "60"])
     try:
         me = Process.of(child.pid)
+        deadline = time.monotonic() + 5
+        while me is not None and me.cmdline() != ["sleep", "60"] and time.monotonic() < deadline:
+            time.sleep(0.01)  # just forked: its command line is the new program's once exec is done
         assert me is not None and me.alive() and me.cmdline() == ["sleep", "60"]
         stale = Process(child.pid, me.start + 1)
         assert not stale.alive()
