@@ -20,6 +20,7 @@ import json
 import os
 import re
 import signal
+import socket
 import subprocess
 import time
 from dataclasses import asdict, dataclass
@@ -116,6 +117,24 @@ class Instances:
                     nl.add_address(sock, idx, iface, "eth0", spec.namespace)
             if not spec.dhcp and spec.gateway:
                 nl.replace_default_route(sock, spec.gateway, idx, "eth0", spec.namespace)
+
+    @staticmethod
+    def solicits(spec: InstanceSpec) -> bool:
+        """Whether the instance forms an address from router advertisements (a SLAAC one among its own)."""
+        return any(_slaac(ipaddress.ip_interface(a)) for a in spec.addresses)
+
+    def solicit_router(self, spec: InstanceSpec) -> None:
+        """A router solicitation from the instance's eth0 to all routers, as a VM sends when it boots on a
+        port that is wired: the kernel sent its own when eth0 came up, before the agent plugged the tap,
+        and the next goes 4 s later (or the router's next unsolicited advertisement, up to 10 s). Best
+        effort: the kernel's own solicitations still follow."""
+        def send() -> None:
+            with socket.socket(socket.AF_INET6, socket.SOCK_RAW, socket.IPPROTO_ICMPV6) as sock:
+                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_MULTICAST_HOPS, 255)  # neighbour discovery
+                # type 133, code 0, checksum (the kernel fills it for ICMPv6), reserved
+                sock.sendto(bytes([133, 0, 0, 0, 0, 0, 0, 0]), ("ff02::2", 0, 0, socket.if_nametoindex("eth0")))
+        with contextlib.suppress(OSError):
+            nl._socket_in(spec.namespace, send)
 
     def start_dhcp(self, spec: InstanceSpec, version: int = 4) -> None:
         """Start the instance's DHCP client (once its tap is plugged, so the first DISCOVER is heard)."""

@@ -152,12 +152,7 @@ async def _create(api: Client, inst: Instances, cfg: Config, name: str, choice: 
             else:
                 await _release(api, port["id"])
         raise
-    if spec.dhcp or spec.dhcp6:
-        await _wait_active(api, port["id"], 10.0)
-    if spec.dhcp:
-        await asyncio.to_thread(inst.start_dhcp, spec)
-    if spec.dhcp6:
-        await asyncio.to_thread(inst.start_dhcp, spec, 6)
+    await _connect(api, inst, spec)
     if wait and spec.dhcp and v4:
         ip = next(f["ip_address"] for f in port["fixed_ips"] if f["subnet_id"] == v4[0]["id"])
         await asyncio.to_thread(inst.wait_for_address, name, ip, wait)
@@ -182,17 +177,26 @@ async def boot(cfg: Config, names: list[str]) -> list[InstanceSpec]:
         await asyncio.to_thread(inst.create, spec)
     async with for_config(cfg) as api:
         for spec in booted:
-            if spec.dhcp or spec.dhcp6:
-                await _wait_active(api, spec.port_id, 10.0)
-            if spec.dhcp:
-                await asyncio.to_thread(inst.start_dhcp, spec)
-            if spec.dhcp6:
-                await asyncio.to_thread(inst.start_dhcp, spec, 6)
+            await _connect(api, inst, spec)
     for spec in booted:
         v4 = [a.split("/")[0] for a in spec.addresses if ipaddress.ip_interface(a).version == 4]
         if spec.dhcp and v4:
             await asyncio.to_thread(inst.wait_for_address, spec.name, v4[0], 30.0)
     return booted
+
+
+async def _connect(api: Client, inst: Instances, spec: InstanceSpec) -> None:
+    """Once the agent has wired the port: the instance's DHCP clients, and a router solicitation where it
+    forms a SLAAC address (what a VM does as it boots on a wired port)."""
+    solicits = inst.solicits(spec)
+    if spec.dhcp or spec.dhcp6 or solicits:
+        await _wait_active(api, spec.port_id, 10.0)
+    if solicits:
+        await asyncio.to_thread(inst.solicit_router, spec)
+    if spec.dhcp:
+        await asyncio.to_thread(inst.start_dhcp, spec)
+    if spec.dhcp6:
+        await asyncio.to_thread(inst.start_dhcp, spec, 6)
 
 
 async def _wait_active(api: Client, port_id: str, timeout: float) -> None:
