@@ -50,6 +50,7 @@ from bench.common import cpu_seconds, ok, pct, progress, rss_mb, wait_for  # noq
 from bench.dhcp import agent_env  # noqa: E402
 from neutrino.hosts import PUBLIC_INTERFACE, PUBLIC_PHYSNET, PUBLIC_V4, Host, Underlay  # noqa: E402
 from tests.api.conftest import Server, start_server  # noqa: E402
+from tests.integration.conftest import _our_processes as our_processes  # noqa: E402
 from tests.integration.conftest import admin_token, remove_run_dirs  # noqa: E402
 
 NEUTRINO = str(Path(sys.executable).parent / "neutrino")
@@ -175,6 +176,16 @@ class Lab:
         return bool(groups)
 
 
+def kill_left(tmp: Path) -> None:
+    """SIGKILL whatever still names the lab's directory (daemons have it in their environment). After a
+    Ctrl-C (SIGINT to the whole process group: the host's holder dies at once) the host's nested namespaces
+    are out of view when the lab is undone, and the instances' dhclient and the networks' dnsmasq would
+    stay."""
+    for found in our_processes([tmp]):
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(int(found.split(":")[0]), signal.SIGKILL)
+
+
 @contextlib.contextmanager
 def open_lab(name: str) -> Iterator[Lab]:
     tmp = Path(tempfile.mkdtemp(prefix=f"neutrino-bench-l3-{name}-"))
@@ -185,6 +196,7 @@ def open_lab(name: str) -> Iterator[Lab]:
         server = start_server(tmp, f"sqlite:///{tmp / 'n.db'}", "sqlite", server_env)
         undo.callback(server.stop)
         undo.callback(remove_run_dirs, tmp)  # after the host is gone, with its daemons
+        undo.callback(kill_left, tmp)
         underlay = Underlay.create()
         undo.callback(underlay.destroy)
         host = underlay.add_host("h1")

@@ -462,26 +462,10 @@ def e2e_changes(lab: Lab, probe: Probe, guarded: str, n: int) -> dict[str, list[
     return got
 
 
-def sweep(tmp: Path) -> None:
-    """SIGKILL what is left naming the lab's directory (daemons have it in their environment). After a Ctrl-C
-    (SIGINT to the whole process group: the host's holder dies at once) the host's nested namespaces are out
-    of view when the lab is undone, and the instances' dhclient and the network's dnsmasq would stay."""
-    from tests.integration.conftest import _our_processes
-    for found in _our_processes([tmp]):
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(int(found.split(":")[0]), signal.SIGKILL)
-
-
 def end_to_end(args: argparse.Namespace) -> list[tuple[str, str]]:
     from bench.l3 import open_lab
-    tmp = None
-    try:
-        with open_lab("secgroups") as lab:
-            tmp = lab.tmp
-            return e2e_measure(lab, args)
-    finally:
-        if tmp is not None:
-            sweep(tmp)
+    with open_lab("secgroups") as lab:
+        return e2e_measure(lab, args)
 
 
 def e2e_measure(lab: Lab, args: argparse.Namespace) -> list[tuple[str, str]]:
